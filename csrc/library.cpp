@@ -1,0 +1,25 @@
+// Every pyquant op schema, declared once. Backends register kernels with TORCH_LIBRARY_IMPL in
+// csrc/ops/<op>/{cpu,cuda}/; autograd and fake (meta) kernels are registered in pyquant/ops.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(pyquant, m) {
+  // Affine fake quantization; the second output is the straight-through mask, bit-packed in the
+  // memory order of the first output (empty unless compute_mask).
+  m.def(
+      "fake_quant(Tensor x, Tensor scale, Tensor zero_point, int quant_min, int quant_max, int? axis=None, "
+      "bool compute_mask=False) -> (Tensor, Tensor)");
+  m.def(
+      "fake_quant_out(Tensor x, Tensor scale, Tensor zero_point, int quant_min, int quant_max, int? axis, "
+      "Tensor(a!) out) -> ()");
+  m.def("fake_quant_mask_backward(Tensor grad, Tensor mask) -> Tensor");
+  // LSQ (Esser et al. 2020): learnable scale and zero-point.
+  m.def(
+      "fake_quant_lsq(Tensor x, Tensor scale, Tensor zero_point, int quant_min, int quant_max, int? axis=None, "
+      "float grad_factor=1.0) -> Tensor");
+  m.def(
+      "fake_quant_lsq_backward(Tensor grad, Tensor x, Tensor scale, Tensor zero_point, int quant_min, "
+      "int quant_max, int? axis, float grad_factor) -> (Tensor, Tensor, Tensor)");
+  // PACT (Choi et al. 2018): learnable clipping level alpha.
+  m.def("fake_quant_pact(Tensor x, Tensor alpha, int bits, int? axis=None) -> Tensor");
+  m.def("fake_quant_pact_backward(Tensor grad, Tensor x, Tensor alpha, int bits, int? axis) -> (Tensor, Tensor)");
+}

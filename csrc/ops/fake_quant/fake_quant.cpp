@@ -1,0 +1,135 @@
+#include "fake_quant.h"
+
+#include <ATen/ATen.h>
+#include <c10/util/Exception.h>
+
+#include <cmath>
+
+namespace pyquant::ops {
+
+namespace {
+
+// The float32 arithmetic of quant_math.h is exact while levels stay within 2^24; 17 bits of range
+// covers every signed or unsigned grid up to 16 bits.
+constexpr int64_t kLevelLimit = int64_t{1} << 17;
+
+bool is_supported_input_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+}  // namespace
+
+void check_param_shape(const char* op, const char* name, const at::Tensor& param, const at::Tensor& x,
+                       std::optional<int64_t> axis) {
+  TORCH_CHECK_VALUE(param.device() == x.device(), op, ": ", name, " must be on the same device as x (", x.device(),
+                    "), got ", param.device());
+  TORCH_CHECK_VALUE(param.dim() <= 1, op, ": ", name, " must be a 0-d or 1-d tensor, got shape ", param.sizes());
+  if (!axis.has_value()) {
+    TORCH_CHECK_VALUE(param.numel() == 1, op, ": per-tensor quantization (axis=None) needs one ", name,
+                      ", got ", param.numel(), " values");
+  } else {
+    const int64_t channels = x.size(*axis);
+    TORCH_CHECK_VALUE(param.numel() == channels, op, ": ", name, " must have x.shape[axis] = ", channels,
+                      " elements for axis=", *axis, ", got ", param.numel());
+  }
+}
+
+ZeroPointMode check_fake_quant_args(const char* op, const at::Tensor& x, const at::Tensor& scale,
+                                    const at::Tensor& zero_point, int64_t quant_min, int64_t quant_max,
+                                    std::optional<int64_t> axis, const char* param_name) {
+  TORCH_CHECK_TYPE(is_supported_input_dtype(x.scalar_type()), op,
+                   ": x must be float32, float16 or bfloat16, got ", x.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(scale.scalar_type()), op, ": ", param_name,
+                   " must be a floating-point tensor, got ", scale.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(zero_point.scalar_type()) ||
+                       at::isIntegralType(zero_point.scalar_type(), /*includeBool=*/false),
+                   op, ": zero_point must be an integer or floating-point tensor, got ", zero_point.scalar_type());
+  TORCH_CHECK_VALUE(quant_min < quant_max, op, ": quant_min must be < quant_max, got quant_min=", quant_min,
+                    ", quant_max=", quant_max);
+  TORCH_CHECK_VALUE(quant_min >= -kLevelLimit && quant_max <= kLevelLimit, op,
+                    ": quant_min and quant_max must lie in [-2^17, 2^17] (grids up to 16 bits), got [", quant_min,
+                    ", ", quant_max, "]");
+  if (axis.has_value()) {
+    TORCH_CHECK_VALUE(x.dim() > 0 && *axis >= -x.dim() && *axis < x.dim(), op, ": axis=", *axis,
+                      " is out of range for x with ", x.dim(), " dimensions");
+  }
+  const std::optional<int64_t> norm_axis =
+      axis.has_value() ? std::optional<int64_t>(at::maybe_wrap_dim(*axis, x.dim())) : std::nullopt;
+  check_param_shape(op, param_name, scale, x, norm_axis);
+  check_param_shape(op, "zero_point", zero_point, x, norm_axis);
+  return at::isFloatingType(zero_point.scalar_type()) ? ZeroPointMode::kFloat : ZeroPointMode::kInteger;
+}
+
+ChannelLayout channel_layout(const at::Tensor& dense_x, std::optional<int64_t> axis) {
+  const int64_t numel = dense_x.numel();
+  if (!axis.has_value()) return {1, std::max<int64_t>(numel, 1)};
+  const int64_t a = at::maybe_wrap_dim(*axis, dense_x.dim());
+  const int64_t channels = dense_x.size(a);
+  if (channels <= 1) return {1, std::max<int64_t>(numel, 1)};
+  // In a non-overlapping dense tensor, the dimensions with smaller strides exactly tile stride(a).
+  return {channels, dense_x.stride(a)};
+}
+
+at::Tensor dense_view(const at::Tensor& x) {
+  return x.is_non_overlapping_and_dense() ? x : x.contiguous();
+}
+
+at::Tensor same_layout_as(const at::Tensor& t, const at::Tensor& like) {
+  if (t.strides() == like.strides()) return t;
+  at::Tensor out = at::empty_strided(like.sizes(), like.strides(), t.options());
+  out.copy_(t);
+  return out;
+}
+
+int64_t mask_bytes(int64_t numel) {
+  return ((numel + 63) / 64) * 8;
+}
+
+HostParams host_params(const char* op, const at::Tensor& scale, const at::Tensor& zero_point, int64_t quant_min,
+                       int64_t quant_max, bool lsq_rounding, const char* param_name) {
+  const at::Tensor s = scale.detach().to(at::kCPU, at::kFloat).contiguous().view(-1);
+  const bool float_zp = at::isFloatingType(zero_point.scalar_type());
+  const at::Tensor z =
+      zero_point.detach().to(at::kCPU, float_zp ? at::kFloat : at::kLong).contiguous().view(-1);
+  const int64_t n = s.numel();
+  HostParams p;
+  p.scale.resize(n);
+  p.inv_scale.resize(n);
+  p.zero_point.resize(n);
+  const float* sp = s.data_ptr<float>();
+  const float qmin = static_cast<float>(quant_min);
+  const float qmax = static_cast<float>(quant_max);
+  for (int64_t c = 0; c < n; ++c) {
+    const float sc = sp[c];
+    TORCH_CHECK_VALUE(std::isfinite(sc) && sc > 0.0f, op, ": ", param_name,
+                      " must be finite and > 0, got ", sc, n > 1 ? " at channel " : "",
+                      n > 1 ? std::to_string(c) : std::string());
+    p.scale[c] = sc;
+    p.inv_scale[c] = 1.0f / sc;
+    float zp;
+    if (float_zp) {
+      const float raw = z.data_ptr<float>()[c];
+      TORCH_CHECK_VALUE(std::isfinite(raw), op, ": zero_point must be finite, got ", raw);
+      zp = lsq_rounding ? round_zero_point(raw, qmin, qmax) : raw;
+    } else {
+      const int64_t raw = z.data_ptr<int64_t>()[c];
+      TORCH_CHECK_VALUE(raw >= quant_min && raw <= quant_max, op, ": zero_point must lie in [quant_min, quant_max] = [",
+                        quant_min, ", ", quant_max, "], got ", raw);
+      zp = static_cast<float>(raw);
+    }
+    TORCH_CHECK_VALUE(zp >= qmin && zp <= qmax, op, ": zero_point must lie in [quant_min, quant_max] = [", quant_min,
+                      ", ", quant_max, "], got ", zp);
+    p.zero_point[c] = zp;
+  }
+  return p;
+}
+
+void check_grad(const char* op, const at::Tensor& grad, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(grad.sizes() == x.sizes(), op, ": grad must have the shape of x ", x.sizes(), ", got ",
+                    grad.sizes());
+  TORCH_CHECK_TYPE(grad.scalar_type() == x.scalar_type(), op, ": grad must have dtype ", x.scalar_type(), ", got ",
+                   grad.scalar_type());
+  TORCH_CHECK_VALUE(grad.device() == x.device(), op, ": grad must be on ", x.device(), ", got ", grad.device());
+}
+
+}  // namespace pyquant::ops

@@ -1,0 +1,264 @@
+"""pyquant's kernels as Python functions (DESIGN.md section 6).
+
+Every function here is a thin wrapper over an op registered in C++ as ``torch.ops.pyquant.*`` (CPU
+always, CUDA when built). This module adds the autograd formulas (``torch.library.register_autograd``)
+and the shape-only fake kernels (``torch.library.register_fake``) that ``torch.compile`` and
+``torch.library.opcheck`` need.
+
+Numerics (identical to ``torch.fake_quantize_per_tensor_affine`` / ``_per_channel_affine``, bit for bit):
+``q = clamp(round_half_even(x * (1/scale)) + zero_point, qmin, qmax)``, ``y = (q - zero_point) * scale``,
+in float32 (float16/bfloat16 inputs are computed in float32 and rounded back). A floating-point
+zero-point is added before rounding, as ATen does for float zero-points. NaN in ``x`` gives NaN in ``y``
+(and zero gradient); +Inf/-Inf saturate to the top/bottom level (zero gradient).
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Number
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from pyquant import _extension  # noqa: F401  (loads the kernels)
+
+__all__ = [
+    "fake_quant",
+    "fake_quant_lsq",
+    "fake_quant_pact",
+    "lsq_grad_factor",
+    "unpack_mask",
+]
+
+TensorOrNumber = Union[Tensor, Number]
+
+
+def _require_tensor(name: str, value) -> None:
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+
+
+def _as_param(value: TensorOrNumber, x: Tensor, name: str, dtype: torch.dtype) -> Tensor:
+    """Accepts a tensor or a Python number (per-tensor convenience)."""
+    if isinstance(value, Tensor):
+        return value
+    if isinstance(value, bool) or not isinstance(value, Number):
+        raise TypeError(f"{name} must be a tensor or a number, got {type(value).__name__}")
+    return torch.tensor([value], dtype=dtype, device=x.device)
+
+
+def _check_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+
+
+def _check_axis(axis) -> None:
+    if axis is not None:
+        _check_int("axis", axis)
+
+
+def _mask_nbytes(numel):
+    return ((numel + 63) // 64) * 8
+
+
+# --------------------------------------------------------------------------------------------------
+# fake_quant
+
+
+def fake_quant(
+    x: Tensor,
+    scale: TensorOrNumber,
+    zero_point: TensorOrNumber,
+    qmin: int,
+    qmax: int,
+    axis: Optional[int] = None,
+    out: Optional[Tensor] = None,
+) -> Tensor:
+    """Affine fake quantization, per tensor (``axis=None``) or per channel along ``axis``.
+
+    ``scale``: float tensor with 1 element, or ``x.shape[axis]`` elements; ``zero_point``: the same
+    shape, int32 (or another integer type) or float. Gradient w.r.t. ``x``: straight-through inside
+    ``[qmin, qmax]``, zero outside (the mask is kept bit-packed: 1/8 byte per element). ``out=`` writes
+    into an existing buffer without autograd (``out`` may be ``x`` itself).
+    """
+    _require_tensor("x", x)
+    _check_int("qmin", qmin)
+    _check_int("qmax", qmax)
+    _check_axis(axis)
+    scale = _as_param(scale, x, "scale", torch.float32)
+    zero_point = _as_param(zero_point, x, "zero_point", torch.int32)
+    if out is not None:
+        _require_tensor("out", out)
+        if torch.is_grad_enabled() and (x.requires_grad or out.requires_grad):
+            raise ValueError("fake_quant: out= does not support autograd (x or out requires grad)")
+        torch.ops.pyquant.fake_quant_out(x, scale, zero_point, qmin, qmax, axis, out)
+        return out
+    compute_mask = torch.is_grad_enabled() and x.requires_grad
+    y, _ = torch.ops.pyquant.fake_quant(x, scale, zero_point, qmin, qmax, axis, compute_mask)
+    return y
+
+
+@torch.library.register_fake("pyquant::fake_quant")
+def _fake_quant_fake(x, scale, zero_point, quant_min, quant_max, axis=None, compute_mask=False):
+    y = torch.empty_like(x)
+    mask = x.new_empty((_mask_nbytes(x.numel()) if compute_mask else 0,), dtype=torch.uint8)
+    return y, mask
+
+
+@torch.library.register_fake("pyquant::fake_quant_out")
+def _fake_quant_out_fake(x, scale, zero_point, quant_min, quant_max, axis, out):
+    return None
+
+
+@torch.library.register_fake("pyquant::fake_quant_mask_backward")
+def _fake_quant_mask_backward_fake(grad, mask):
+    return torch.empty_like(grad)
+
+
+def _fake_quant_setup(ctx, inputs, output):
+    y, mask = output
+    ctx.save_for_backward(mask)
+    ctx.y_shape = y.shape
+    ctx.y_stride = y.stride()
+    ctx.numel = y.numel()
+
+
+def _fake_quant_backward(ctx, grad_y, grad_mask):
+    (mask,) = ctx.saved_tensors
+    if mask.numel() != _mask_nbytes(ctx.numel):
+        raise RuntimeError(
+            "fake_quant: backward needs the straight-through mask, but the op ran with compute_mask=False; "
+            "call pyquant.ops.fake_quant (which sets it when x requires grad)"
+        )
+    if grad_y.stride() != ctx.y_stride:
+        grad_y = torch.empty_strided(ctx.y_shape, ctx.y_stride, dtype=grad_y.dtype, device=grad_y.device).copy_(grad_y)
+    dx = torch.ops.pyquant.fake_quant_mask_backward(grad_y, mask)
+    return dx, None, None, None, None, None, None
+
+
+torch.library.register_autograd("pyquant::fake_quant", _fake_quant_backward, setup_context=_fake_quant_setup)
+
+
+def unpack_mask(mask: Tensor, like: Tensor) -> Tensor:
+    """The bit-packed straight-through mask of ``torch.ops.pyquant.fake_quant`` as a bool tensor shaped
+    (and strided) like the output ``like``."""
+    bits = torch.arange(8, device=mask.device, dtype=torch.uint8)
+    flat = ((mask.unsqueeze(1) >> bits) & 1).reshape(-1)[: like.numel()].bool()
+    # `like` (an output of the op) is dense, so empty_like keeps its strides, and a dense tensor's
+    # storage is one block in memory order: the mask's bit order.
+    out = torch.empty_like(like, dtype=torch.bool)
+    out.as_strided((like.numel(),), (1,)).copy_(flat)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# LSQ
+
+
+def lsq_grad_factor(numel: int, qmax: int) -> float:
+    """LSQ's gradient scale g = 1 / sqrt(N * Q_P) (Esser et al. 2020, section 2.2); N is the number of
+    elements sharing one scale (weights per channel, or activation features)."""
+    return 1.0 / math.sqrt(numel * qmax)
+
+
+def fake_quant_lsq(
+    x: Tensor,
+    scale: TensorOrNumber,
+    zero_point: TensorOrNumber,
+    qmin: int,
+    qmax: int,
+    axis: Optional[int] = None,
+    grad_factor: float = 1.0,
+) -> Tensor:
+    """Fake quantization with learnable ``scale`` and ``zero_point`` (LSQ, Esser et al. ICLR 2020, eq. 3;
+    LSQ+ for the zero-point). Same forward as :func:`fake_quant` with ``zero_point`` rounded half-to-even
+    and clamped to ``[qmin, qmax]``. Gradients, scaled by ``grad_factor``:
+    ``d/dscale = round(x/s) - x/s`` inside the grid, ``qmin - z`` below, ``qmax - z`` above;
+    ``d/dzero_point = -scale`` outside the grid, 0 inside; ``d/dx`` straight-through inside.
+    Parameter gradients are reduced per channel inside the kernel.
+    """
+    _require_tensor("x", x)
+    _check_int("qmin", qmin)
+    _check_int("qmax", qmax)
+    _check_axis(axis)
+    scale = _as_param(scale, x, "scale", torch.float32)
+    zero_point = _as_param(zero_point, x, "zero_point", torch.float32)
+    return torch.ops.pyquant.fake_quant_lsq(x, scale, zero_point, qmin, qmax, axis, float(grad_factor))
+
+
+@torch.library.register_fake("pyquant::fake_quant_lsq")
+def _fake_quant_lsq_fake(x, scale, zero_point, quant_min, quant_max, axis=None, grad_factor=1.0):
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("pyquant::fake_quant_lsq_backward")
+def _fake_quant_lsq_backward_fake(grad, x, scale, zero_point, quant_min, quant_max, axis, grad_factor):
+    dzp = torch.empty_like(zero_point) if zero_point.is_floating_point() else zero_point.new_empty(
+        zero_point.shape, dtype=torch.float32
+    )
+    return torch.empty_like(x), torch.empty_like(scale), dzp
+
+
+def _lsq_setup(ctx, inputs, output):
+    x, scale, zero_point, quant_min, quant_max, axis, grad_factor = inputs
+    ctx.save_for_backward(x, scale, zero_point)
+    ctx.args = (quant_min, quant_max, axis, grad_factor)
+
+
+def _lsq_backward(ctx, grad_y):
+    x, scale, zero_point = ctx.saved_tensors
+    quant_min, quant_max, axis, grad_factor = ctx.args
+    dx, dscale, dzp = torch.ops.pyquant.fake_quant_lsq_backward(
+        grad_y, x, scale, zero_point, quant_min, quant_max, axis, grad_factor
+    )
+    if not zero_point.is_floating_point():
+        dzp = None
+    return dx, dscale, dzp, None, None, None, None
+
+
+torch.library.register_autograd("pyquant::fake_quant_lsq", _lsq_backward, setup_context=_lsq_setup)
+
+
+# --------------------------------------------------------------------------------------------------
+# PACT
+
+
+def fake_quant_pact(x: Tensor, alpha: TensorOrNumber, bits: int, axis: Optional[int] = None) -> Tensor:
+    """PACT (Choi et al. 2018, eq. 1-3): ``y = round(clamp(x, 0, alpha) * n / alpha) * alpha / n`` with
+    ``n = 2^bits - 1`` unsigned levels; equal to :func:`fake_quant` with ``scale = alpha / n``,
+    zero-point 0 and grid ``[0, n]``. Gradients: ``dy/dx = 1`` on ``[0, alpha)``, else 0;
+    ``dy/dalpha = 1`` where ``x >= alpha``, else 0 (the paper's straight-through estimate). ``alpha``
+    has one element, or ``x.shape[axis]`` elements for a per-channel clip.
+    """
+    _require_tensor("x", x)
+    _check_int("bits", bits)
+    _check_axis(axis)
+    alpha = _as_param(alpha, x, "alpha", torch.float32)
+    return torch.ops.pyquant.fake_quant_pact(x, alpha, bits, axis)
+
+
+@torch.library.register_fake("pyquant::fake_quant_pact")
+def _fake_quant_pact_fake(x, alpha, bits, axis=None):
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("pyquant::fake_quant_pact_backward")
+def _fake_quant_pact_backward_fake(grad, x, alpha, bits, axis):
+    return torch.empty_like(x), torch.empty_like(alpha)
+
+
+def _pact_setup(ctx, inputs, output):
+    x, alpha, bits, axis = inputs
+    ctx.save_for_backward(x, alpha)
+    ctx.args = (bits, axis)
+
+
+def _pact_backward(ctx, grad_y):
+    x, alpha = ctx.saved_tensors
+    bits, axis = ctx.args
+    dx, dalpha = torch.ops.pyquant.fake_quant_pact_backward(grad_y, x, alpha, bits, axis)
+    return dx, dalpha, None, None
+
+
+torch.library.register_autograd("pyquant::fake_quant_pact", _pact_backward, setup_context=_pact_setup)
