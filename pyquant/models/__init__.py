@@ -1,0 +1,5 @@
+"""A small model zoo for tests, demos and benchmarks (no downloads: weights come from local files)."""
+
+from pyquant.models.resnet_cifar import resnet_cifar, load_checkpoint
+
+__all__ = ["resnet_cifar", "load_checkpoint"]
