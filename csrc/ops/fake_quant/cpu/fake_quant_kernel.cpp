@@ -64,6 +64,35 @@ inline Vec keep_lanes(uint32_t bits, const Vec& v) {
 #endif
 }
 
+// Stores n lanes; full, aligned vectors go around the cache when `stream` (see ChannelTable).
+inline void store_lanes(float* dst, const Vec& v, int64_t n, bool stream) {
+  if (n == kLanes) {
+#if defined(CPU_CAPABILITY_AVX512)
+    if (stream && (reinterpret_cast<uintptr_t>(dst) & 63) == 0) {
+      _mm512_stream_ps(dst, v);
+      return;
+    }
+#elif defined(CPU_CAPABILITY_AVX2)
+    if (stream && (reinterpret_cast<uintptr_t>(dst) & 31) == 0) {
+      _mm256_stream_ps(dst, v);
+      return;
+    }
+#endif
+    v.store(dst);
+  } else {
+    v.store(dst, n);
+  }
+}
+
+// Orders this thread's streaming stores before the kernel returns.
+inline void finish_streaming(bool stream) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if (stream) _mm_sfence();
+#else
+  (void)stream;
+#endif
+}
+
 inline Vec clamp_keep_nan(const Vec& q, const Vec& lo, const Vec& hi) {
   // Comparisons with NaN are false, so NaN passes through (quant_math.h: clamp_level).
   const Vec low = Vec::blendv(q, lo, q < lo);
@@ -198,6 +227,8 @@ inline void staged_binary(const scalar_t* a, const scalar_t* b, scalar_t* out, i
 template <typename scalar_t, ZeroPointMode kMode, bool kWithMask>
 void forward_typed(const scalar_t* x, scalar_t* y, uint64_t* mask, int64_t begin, int64_t end,
                    const ChannelTable& t) {
+  // Streaming applies to float outputs; reduced types go through a staging buffer.
+  const bool stream = t.stream_stores && std::is_same_v<scalar_t, float>;
   MaskWriter writer(mask);
   staged_unary(x, y, begin, end, [&](const float* xf, float* yf, int64_t pos0, int64_t n_total) {
     for_each_vector(t, pos0, n_total, [&](int64_t i, int64_t n, const VecParams& p) {
@@ -214,20 +245,19 @@ void forward_typed(const scalar_t* x, scalar_t* y, uint64_t* mask, int64_t begin
       } else {
         yv = dequant_float_zero_point(clamp_keep_nan(q, p.qmin, p.qmax), p);
       }
-      if (n == kLanes) {
-        yv.store(yf + i);
-      } else {
-        yv.store(yf + i, n);
-      }
+      store_lanes(yf + i, yv, n, stream);
       if constexpr (kWithMask) {
         writer.put(pos0 + i, lane_bits((q >= p.qmin) & (q <= p.qmax)) & low_bits(n), n);
       }
     });
   });
+  finish_streaming(stream);
 }
 
 template <typename scalar_t>
-void mask_backward_typed(const scalar_t* grad, const uint64_t* mask, scalar_t* dx, int64_t begin, int64_t end) {
+void mask_backward_typed(const scalar_t* grad, const uint64_t* mask, scalar_t* dx, int64_t begin, int64_t end,
+                         bool stream_stores) {
+  const bool stream = stream_stores && std::is_same_v<scalar_t, float>;
   staged_unary(grad, dx, begin, end, [&](const float* g, float* out, int64_t pos0, int64_t n_total) {
     for (int64_t i = 0; i < n_total; i += kLanes) {
       const int64_t pos = pos0 + i;
@@ -235,14 +265,10 @@ void mask_backward_typed(const scalar_t* grad, const uint64_t* mask, scalar_t* d
       const uint32_t bits = static_cast<uint32_t>(mask[pos >> 6] >> (pos & 63)) & low_bits(n);
       // pos0 is a multiple of 64 for float and of kStage (a multiple of 64) inside staged ranges.
       const Vec gv = n == kLanes ? Vec::loadu(g + i) : Vec::loadu(g + i, n);
-      const Vec out_v = keep_lanes(bits, gv);
-      if (n == kLanes) {
-        out_v.store(out + i);
-      } else {
-        out_v.store(out + i, n);
-      }
+      store_lanes(out + i, keep_lanes(bits, gv), n, stream);
     }
   });
+  finish_streaming(stream);
 }
 
 // Horizontal sum of the first n lanes, in double.
@@ -260,6 +286,7 @@ inline double sum_lanes(const Vec& v) {
 template <typename scalar_t, typename Terms>
 void reduce_backward_typed(const scalar_t* x, const scalar_t* grad, scalar_t* dx, int64_t begin, int64_t end,
                            const ChannelTable& t, double* acc0, double* acc1, Terms&& terms) {
+  const bool stream = t.stream_stores && std::is_same_v<scalar_t, float>;
   staged_binary(x, grad, dx, begin, end,
                 [&](const float* xf, const float* gf, float* out, int64_t pos0, int64_t n_total) {
     // Run accumulators: one channel at a time for broadcast runs.
@@ -283,11 +310,7 @@ void reduce_backward_typed(const scalar_t* x, const scalar_t* grad, scalar_t* dx
       const uint32_t live = low_bits(n);
       g0 = keep_lanes(live, g0);
       g1 = keep_lanes(live, g1);
-      if (n == kLanes) {
-        dxv.store(out + i);
-      } else {
-        dxv.store(out + i, n);
-      }
+      store_lanes(out + i, dxv, n, stream);
       const int64_t pos = pos0 + i;
       if (t.inner > 1 || t.channels == 1) {
         const int64_t c = (pos / t.inner) % t.channels;
@@ -310,6 +333,7 @@ void reduce_backward_typed(const scalar_t* x, const scalar_t* grad, scalar_t* dx
     });
     flush_run();
   });
+  finish_streaming(stream);
 }
 
 template <typename scalar_t>
@@ -385,9 +409,10 @@ void forward(c10::ScalarType dtype, ZeroPointMode mode, const void* x, void* y, 
 }
 
 void mask_backward(c10::ScalarType dtype, const void* grad, const uint64_t* mask, void* dx, int64_t begin,
-                   int64_t end) {
+                   int64_t end, bool stream_stores) {
   PYQ_DISPATCH_FLOAT_TYPES(dtype, [&] {
-    mask_backward_typed(static_cast<const scalar_t*>(grad), mask, static_cast<scalar_t*>(dx), begin, end);
+    mask_backward_typed(static_cast<const scalar_t*>(grad), mask, static_cast<scalar_t*>(dx), begin, end,
+                        stream_stores);
   });
 }
 

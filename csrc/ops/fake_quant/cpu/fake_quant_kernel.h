@@ -22,6 +22,9 @@ struct ChannelTable {
   float qmax;
   int64_t channels;
   int64_t inner;
+  // Write outputs with non-temporal stores: for outputs much larger than the last-level cache, this
+  // saves the read-for-ownership of every destination line (a third of the memory traffic).
+  bool stream_stores;
 };
 
 struct FakeQuantKernels {
@@ -30,7 +33,7 @@ struct FakeQuantKernels {
                   int64_t begin, int64_t end, const ChannelTable& table);
   // dx = grad where the mask bit is set, else 0.
   void (*mask_backward)(c10::ScalarType dtype, const void* grad, const uint64_t* mask, void* dx, int64_t begin,
-                        int64_t end);
+                        int64_t end, bool stream_stores);
   // LSQ: dx, and per-channel sums of grad * lsq_terms (added into dscale[c], dzero_point[c]).
   void (*lsq_backward)(c10::ScalarType dtype, const void* x, const void* grad, void* dx, int64_t begin,
                        int64_t end, const ChannelTable& table, double* dscale, double* dzero_point);
