@@ -1,6 +1,7 @@
 #include "fake_quant.h"
 
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <c10/util/Exception.h>
 
 #include <cmath>
@@ -71,7 +72,8 @@ ChannelLayout channel_layout(const at::Tensor& dense_x, std::optional<int64_t> a
 }
 
 at::Tensor dense_view(const at::Tensor& x) {
-  return x.is_non_overlapping_and_dense() ? x : x.contiguous();
+  // The same layout torch.empty_like(x) picks for a non-dense x, so fake kernels agree.
+  return x.is_non_overlapping_and_dense() ? x : x.contiguous(x.suggest_memory_format());
 }
 
 at::Tensor same_layout_as(const at::Tensor& t, const at::Tensor& like) {
@@ -122,6 +124,25 @@ HostParams host_params(const char* op, const at::Tensor& scale, const at::Tensor
     p.zero_point[c] = zp;
   }
   return p;
+}
+
+void check_out(const at::Tensor& x, const at::Tensor& out) {
+  TORCH_CHECK_VALUE(out.sizes() == x.sizes(), "fake_quant: out must have the shape of x ", x.sizes(), ", got ",
+                    out.sizes());
+  TORCH_CHECK_TYPE(out.scalar_type() == x.scalar_type(), "fake_quant: out must have dtype ", x.scalar_type(),
+                   ", got ", out.scalar_type());
+  TORCH_CHECK_VALUE(out.device() == x.device(), "fake_quant: out must be on ", x.device(), ", got ", out.device());
+  TORCH_CHECK_VALUE(at::has_internal_overlap(out) != at::MemOverlap::Yes,
+                    "fake_quant: out must not have internally overlapping memory");
+}
+
+int64_t check_pact_args(const char* op, const at::Tensor& x, const at::Tensor& alpha, int64_t bits,
+                        std::optional<int64_t> axis) {
+  TORCH_CHECK_VALUE(bits >= 1 && bits <= 16, op, ": bits must be in [1, 16], got ", bits);
+  const int64_t levels = (int64_t{1} << bits) - 1;
+  const at::Tensor zero = at::zeros({alpha.numel()}, alpha.options().dtype(at::kInt));
+  check_fake_quant_args(op, x, alpha, zero, 0, levels, axis, "alpha");
+  return levels;
 }
 
 void check_grad(const char* op, const at::Tensor& grad, const at::Tensor& x) {

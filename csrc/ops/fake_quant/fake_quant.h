@@ -31,7 +31,7 @@ void check_param_shape(const char* op, const char* name, const at::Tensor& param
 ChannelLayout channel_layout(const at::Tensor& dense_x, std::optional<int64_t> axis);
 
 // x itself when non-overlapping and dense (contiguous, channels_last, any permutation), else a
-// contiguous copy. Kernels walk memory linearly.
+// dense copy in x's suggested memory format. Kernels walk memory linearly.
 at::Tensor dense_view(const at::Tensor& x);
 
 // `t` laid out exactly like `like` (same strides), copying only when it is not already.
@@ -49,6 +49,13 @@ struct HostParams {
 };
 HostParams host_params(const char* op, const at::Tensor& scale, const at::Tensor& zero_point, int64_t quant_min,
                        int64_t quant_max, bool lsq_rounding, const char* param_name = "scale");
+
+// Checks the out= buffer of fake_quant_out against x (shape, dtype, device, no internal overlap).
+void check_out(const at::Tensor& x, const at::Tensor& out);
+
+// PACT: validates bits and alpha (shape, dtype, device) and returns the number of levels 2^bits - 1.
+int64_t check_pact_args(const char* op, const at::Tensor& x, const at::Tensor& alpha, int64_t bits,
+                        std::optional<int64_t> axis);
 
 // Checks a gradient tensor against the forward input.
 void check_grad(const char* op, const at::Tensor& grad, const at::Tensor& x);

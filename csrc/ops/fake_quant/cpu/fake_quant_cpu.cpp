@@ -83,13 +83,7 @@ void fake_quant_out_cpu(const Tensor& x, const Tensor& scale, const Tensor& zero
                         int64_t quant_max, std::optional<int64_t> axis, const Tensor& out) {
   const ZeroPointMode mode =
       check_fake_quant_args("fake_quant", x, scale, zero_point, quant_min, quant_max, axis);
-  TORCH_CHECK_VALUE(out.sizes() == x.sizes(), "fake_quant: out must have the shape of x ", x.sizes(), ", got ",
-                    out.sizes());
-  TORCH_CHECK_TYPE(out.scalar_type() == x.scalar_type(), "fake_quant: out must have dtype ", x.scalar_type(),
-                   ", got ", out.scalar_type());
-  TORCH_CHECK_VALUE(out.device() == x.device(), "fake_quant: out must be on ", x.device(), ", got ", out.device());
-  TORCH_CHECK_VALUE(at::has_internal_overlap(out) != at::MemOverlap::Yes,
-                    "fake_quant: out must not have internally overlapping memory");
+  check_out(x, out);
   const HostParams params = host_params("fake_quant", scale, zero_point, quant_min, quant_max, false);
   const Tensor xd = dense_view(x);
   if (out.is_non_overlapping_and_dense() && out.strides() == xd.strides()) {
@@ -201,12 +195,6 @@ std::tuple<Tensor, Tensor, Tensor> fake_quant_lsq_backward_cpu(const Tensor& gra
   return {dx, dscale, dzero};
 }
 
-void check_pact_args(const char* op, const Tensor& x, const Tensor& alpha, int64_t bits, std::optional<int64_t> axis) {
-  TORCH_CHECK_VALUE(bits >= 1 && bits <= 16, op, ": bits must be in [1, 16], got ", bits);
-  const Tensor zero = at::zeros_like(alpha, alpha.options().dtype(at::kInt));
-  check_fake_quant_args(op, x, alpha, zero, 0, (int64_t{1} << bits) - 1, axis, "alpha");
-}
-
 // PACT constants: for the forward, scale = alpha / n; for the backward, alpha itself.
 HostParams pact_params(const Tensor& alpha, int64_t bits, bool alpha_itself) {
   const int64_t levels = (int64_t{1} << bits) - 1;
@@ -222,24 +210,24 @@ HostParams pact_params(const Tensor& alpha, int64_t bits, bool alpha_itself) {
 }
 
 Tensor fake_quant_pact_cpu(const Tensor& x, const Tensor& alpha, int64_t bits, std::optional<int64_t> axis) {
-  check_pact_args("fake_quant_pact", x, alpha, bits, axis);
+  const int64_t levels = check_pact_args("fake_quant_pact", x, alpha, bits, axis);
   const HostParams params = pact_params(alpha, bits, false);
   const Tensor xd = dense_view(x);
   Tensor y = at::empty_like(xd);
-  run_forward(xd, y, nullptr, params, ZeroPointMode::kInteger, 0, (int64_t{1} << bits) - 1, axis);
+  run_forward(xd, y, nullptr, params, ZeroPointMode::kInteger, 0, levels, axis);
   return y;
 }
 
 std::tuple<Tensor, Tensor> fake_quant_pact_backward_cpu(const Tensor& grad, const Tensor& x, const Tensor& alpha,
                                                         int64_t bits, std::optional<int64_t> axis) {
-  check_pact_args("fake_quant_pact", x, alpha, bits, axis);
+  const int64_t levels = check_pact_args("fake_quant_pact", x, alpha, bits, axis);
   check_grad("fake_quant_pact", grad, x);
   const HostParams params = pact_params(alpha, bits, true);
   const Tensor xd = dense_view(x);
   const Tensor gd = same_layout_as(grad, xd);
   Tensor dx = at::empty_like(xd);
   const ChannelLayout layout = channel_layout(xd, axis);
-  const ChannelTable table = make_table(params, 0, (int64_t{1} << bits) - 1, layout, dx);
+  const ChannelTable table = make_table(params, 0, levels, layout, dx);
   const auto dtype = xd.scalar_type();
   const auto& k = kernels();
   const void* x_ptr = xd.const_data_ptr();

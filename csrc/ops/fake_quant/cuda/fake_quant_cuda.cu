@@ -6,6 +6,7 @@
 // values cannot be rejected without a synchronisation, so they poison the output with NaN instead
 // (make_affine_params); the CPU path raises ValueError for them.
 #include <ATen/ATen.h>
+#include <ATen/MemoryOverlap.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -257,11 +258,11 @@ std::tuple<Tensor, Tensor> fake_quant_cuda(const Tensor& x, const Tensor& scale,
 void fake_quant_out_cuda(const Tensor& x, const Tensor& scale, const Tensor& zero_point, int64_t quant_min,
                          int64_t quant_max, std::optional<int64_t> axis, const Tensor& out) {
   const ZeroPointMode mode = check_fake_quant_args("fake_quant", x, scale, zero_point, quant_min, quant_max, axis);
-  TORCH_CHECK_VALUE(out.sizes() == x.sizes() && out.scalar_type() == x.scalar_type() && out.device() == x.device(),
-                    "fake_quant: out must match x in shape, dtype and device");
+  check_out(x, out);
   const c10::cuda::CUDAGuard guard(x.device());
   const Tensor xd = dense_view(x);
   if (out.is_non_overlapping_and_dense() && out.strides() == xd.strides()) {
+    at::assert_no_partial_overlap(out, xd);
     Tensor out_alias = out;
     forward_affine(xd, out_alias, nullptr, scale, zero_point, mode, quant_min, quant_max, axis);
   } else {
@@ -346,14 +347,8 @@ std::tuple<Tensor, Tensor, Tensor> fake_quant_lsq_backward_cuda(const Tensor& gr
           sums_like(sums, layout.channels, layout.channels, zp_like, grad_factor)};
 }
 
-Tensor pact_zero_point(const Tensor& alpha) {
-  return at::zeros({alpha.numel()}, alpha.options().dtype(at::kInt));
-}
-
 Tensor fake_quant_pact_cuda(const Tensor& x, const Tensor& alpha, int64_t bits, std::optional<int64_t> axis) {
-  TORCH_CHECK_VALUE(bits >= 1 && bits <= 16, "fake_quant_pact: bits must be in [1, 16], got ", bits);
-  const int64_t levels = (int64_t{1} << bits) - 1;
-  check_fake_quant_args("fake_quant_pact", x, alpha, pact_zero_point(alpha), 0, levels, axis, "alpha");
+  const int64_t levels = check_pact_args("fake_quant_pact", x, alpha, bits, axis);
   const c10::cuda::CUDAGuard guard(x.device());
   const Tensor xd = dense_view(x);
   Tensor y = at::empty_like(xd);
@@ -364,9 +359,7 @@ Tensor fake_quant_pact_cuda(const Tensor& x, const Tensor& alpha, int64_t bits, 
 
 std::tuple<Tensor, Tensor> fake_quant_pact_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& alpha,
                                                          int64_t bits, std::optional<int64_t> axis) {
-  TORCH_CHECK_VALUE(bits >= 1 && bits <= 16, "fake_quant_pact: bits must be in [1, 16], got ", bits);
-  const int64_t levels = (int64_t{1} << bits) - 1;
-  check_fake_quant_args("fake_quant_pact", x, alpha, pact_zero_point(alpha), 0, levels, axis, "alpha");
+  const int64_t levels = check_pact_args("fake_quant_pact", x, alpha, bits, axis);
   check_grad("fake_quant_pact", grad, x);
   const c10::cuda::CUDAGuard guard(x.device());
   const Tensor xd = dense_view(x);
