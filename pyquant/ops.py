@@ -58,6 +58,15 @@ def _check_axis(axis) -> None:
         _check_int("axis", axis)
 
 
+def _affine_args(x, scale, zero_point, qmin, qmax, axis, zero_point_dtype):
+    """Type checks shared by the affine wrappers; numbers become 1-element tensors on x's device."""
+    _require_tensor("x", x)
+    _check_int("qmin", qmin)
+    _check_int("qmax", qmax)
+    _check_axis(axis)
+    return _as_param(scale, x, "scale", torch.float32), _as_param(zero_point, x, "zero_point", zero_point_dtype)
+
+
 def _mask_nbytes(numel):
     return ((numel + 63) // 64) * 8
 
@@ -82,12 +91,7 @@ def fake_quant(
     ``[qmin, qmax]``, zero outside (the mask is kept bit-packed: 1/8 byte per element). ``out=`` writes
     into an existing buffer without autograd (``out`` may be ``x`` itself).
     """
-    _require_tensor("x", x)
-    _check_int("qmin", qmin)
-    _check_int("qmax", qmax)
-    _check_axis(axis)
-    scale = _as_param(scale, x, "scale", torch.float32)
-    zero_point = _as_param(zero_point, x, "zero_point", torch.int32)
+    scale, zero_point = _affine_args(x, scale, zero_point, qmin, qmax, axis, zero_point_dtype=torch.int32)
     if out is not None:
         _require_tensor("out", out)
         if torch.is_grad_enabled() and (x.requires_grad or out.requires_grad):
@@ -178,12 +182,7 @@ def fake_quant_lsq(
     ``d/dzero_point = -scale`` outside the grid, 0 inside; ``d/dx`` straight-through inside.
     Parameter gradients are reduced per channel inside the kernel.
     """
-    _require_tensor("x", x)
-    _check_int("qmin", qmin)
-    _check_int("qmax", qmax)
-    _check_axis(axis)
-    scale = _as_param(scale, x, "scale", torch.float32)
-    zero_point = _as_param(zero_point, x, "zero_point", torch.float32)
+    scale, zero_point = _affine_args(x, scale, zero_point, qmin, qmax, axis, zero_point_dtype=torch.float32)
     return torch.ops.pyquant.fake_quant_lsq(x, scale, zero_point, qmin, qmax, axis, float(grad_factor))
 
 

@@ -145,6 +145,15 @@ int64_t check_pact_args(const char* op, const at::Tensor& x, const at::Tensor& a
   return levels;
 }
 
+BackwardOperands backward_operands(const at::Tensor& grad, const at::Tensor& x, std::optional<int64_t> axis) {
+  BackwardOperands o;
+  o.x = dense_view(x);
+  o.grad = same_layout_as(grad, o.x);
+  o.dx = at::empty_like(o.x);
+  o.layout = channel_layout(o.x, axis);
+  return o;
+}
+
 void check_grad(const char* op, const at::Tensor& grad, const at::Tensor& x) {
   TORCH_CHECK_VALUE(grad.sizes() == x.sizes(), op, ": grad must have the shape of x ", x.sizes(), ", got ",
                     grad.sizes());

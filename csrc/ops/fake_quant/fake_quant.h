@@ -57,6 +57,15 @@ void check_out(const at::Tensor& x, const at::Tensor& out);
 int64_t check_pact_args(const char* op, const at::Tensor& x, const at::Tensor& alpha, int64_t bits,
                         std::optional<int64_t> axis);
 
+// The tensors of a reduction backward (LSQ, PACT): x densified, grad in x's layout, dx allocated.
+struct BackwardOperands {
+  at::Tensor x;
+  at::Tensor grad;
+  at::Tensor dx;
+  ChannelLayout layout;
+};
+BackwardOperands backward_operands(const at::Tensor& grad, const at::Tensor& x, std::optional<int64_t> axis);
+
 // Checks a gradient tensor against the forward input.
 void check_grad(const char* op, const at::Tensor& grad, const at::Tensor& x);
 

@@ -169,19 +169,14 @@ std::tuple<Tensor, Tensor, Tensor> fake_quant_lsq_backward_cpu(const Tensor& gra
   check_fake_quant_args("fake_quant_lsq", x, scale, zero_point, quant_min, quant_max, axis);
   check_grad("fake_quant_lsq", grad, x);
   const HostParams params = host_params("fake_quant_lsq", scale, zero_point, quant_min, quant_max, true);
-  const Tensor xd = dense_view(x);
-  const Tensor gd = same_layout_as(grad, xd);
-  Tensor dx = at::empty_like(xd);
-  const ChannelLayout layout = channel_layout(xd, axis);
-  const ChannelTable table = make_table(params, quant_min, quant_max, layout, dx);
-  const auto dtype = xd.scalar_type();
+  BackwardOperands o = backward_operands(grad, x, axis);
+  const ChannelLayout layout = o.layout;
+  const ChannelTable table = make_table(params, quant_min, quant_max, layout, o.dx);
   const auto& k = kernels();
-  const void* x_ptr = xd.const_data_ptr();
-  const void* g_ptr = gd.const_data_ptr();
-  void* d_ptr = dx.mutable_data_ptr();
   const std::vector<double> sums =
-      reduce_blocks(xd.numel(), layout.channels, 2, [&](int64_t begin, int64_t end, double* ds, double* dz) {
-        k.lsq_backward(dtype, x_ptr, g_ptr, d_ptr, begin, end, table, ds, dz);
+      reduce_blocks(o.x.numel(), layout.channels, 2, [&](int64_t begin, int64_t end, double* ds, double* dz) {
+        k.lsq_backward(o.x.scalar_type(), o.x.const_data_ptr(), o.grad.const_data_ptr(), o.dx.mutable_data_ptr(),
+                       begin, end, table, ds, dz);
       });
   // Per-channel layouts with a size-1 channel dimension reduce into one sum; spread it.
   std::vector<double> ds(scale.numel()), dz(scale.numel());
@@ -192,7 +187,7 @@ std::tuple<Tensor, Tensor, Tensor> fake_quant_lsq_backward_cpu(const Tensor& gra
   Tensor dscale = channel_sums_to_tensor(ds.data(), grad_factor, scale);
   Tensor dzero = channel_sums_to_tensor(
       dz.data(), grad_factor, at::isFloatingType(zero_point.scalar_type()) ? zero_point : zero_point.to(at::kFloat));
-  return {dx, dscale, dzero};
+  return {o.dx, dscale, dzero};
 }
 
 // PACT constants: for the forward, scale = alpha / n; for the backward, alpha itself.
@@ -223,23 +218,18 @@ std::tuple<Tensor, Tensor> fake_quant_pact_backward_cpu(const Tensor& grad, cons
   const int64_t levels = check_pact_args("fake_quant_pact", x, alpha, bits, axis);
   check_grad("fake_quant_pact", grad, x);
   const HostParams params = pact_params(alpha, bits, true);
-  const Tensor xd = dense_view(x);
-  const Tensor gd = same_layout_as(grad, xd);
-  Tensor dx = at::empty_like(xd);
-  const ChannelLayout layout = channel_layout(xd, axis);
-  const ChannelTable table = make_table(params, 0, levels, layout, dx);
-  const auto dtype = xd.scalar_type();
+  BackwardOperands o = backward_operands(grad, x, axis);
+  const ChannelLayout layout = o.layout;
+  const ChannelTable table = make_table(params, 0, levels, layout, o.dx);
   const auto& k = kernels();
-  const void* x_ptr = xd.const_data_ptr();
-  const void* g_ptr = gd.const_data_ptr();
-  void* d_ptr = dx.mutable_data_ptr();
   const std::vector<double> sums =
-      reduce_blocks(xd.numel(), layout.channels, 1, [&](int64_t begin, int64_t end, double* da, double*) {
-        k.pact_backward(dtype, x_ptr, g_ptr, d_ptr, begin, end, table, da);
+      reduce_blocks(o.x.numel(), layout.channels, 1, [&](int64_t begin, int64_t end, double* da, double*) {
+        k.pact_backward(o.x.scalar_type(), o.x.const_data_ptr(), o.grad.const_data_ptr(), o.dx.mutable_data_ptr(),
+                        begin, end, table, da);
       });
   std::vector<double> da(alpha.numel());
   for (int64_t c = 0; c < alpha.numel(); ++c) da[c] = sums[layout.channels == 1 ? 0 : c];
-  return {dx, channel_sums_to_tensor(da.data(), 1.0, alpha)};
+  return {o.dx, channel_sums_to_tensor(da.data(), 1.0, alpha)};
 }
 
 }  // namespace

@@ -334,16 +334,14 @@ std::tuple<Tensor, Tensor, Tensor> fake_quant_lsq_backward_cuda(const Tensor& gr
   check_fake_quant_args("fake_quant_lsq", x, scale, zero_point, quant_min, quant_max, axis);
   check_grad("fake_quant_lsq", grad, x);
   const c10::cuda::CUDAGuard guard(x.device());
-  const Tensor xd = dense_view(x);
-  const Tensor gd = same_layout_as(grad, xd);
-  Tensor dx = at::empty_like(xd);
+  BackwardOperands o = backward_operands(grad, x, axis);
   const Tensor s = as_float_vector(scale);
   const Tensor z = as_float_vector(zero_point);
-  const ChannelLayout layout = channel_layout(xd, axis);
+  const ChannelLayout layout = o.layout;
   const Tensor sums =
-      launch_reduce_backward<ParamKind::kLsq, 2>(xd, gd, dx, device_params(s, z, quant_min, quant_max, layout));
+      launch_reduce_backward<ParamKind::kLsq, 2>(o.x, o.grad, o.dx, device_params(s, z, quant_min, quant_max, layout));
   const Tensor zp_like = at::isFloatingType(zero_point.scalar_type()) ? zero_point : zero_point.to(at::kFloat);
-  return {dx, sums_like(sums, 0, layout.channels, scale, grad_factor),
+  return {o.dx, sums_like(sums, 0, layout.channels, scale, grad_factor),
           sums_like(sums, layout.channels, layout.channels, zp_like, grad_factor)};
 }
 
@@ -362,13 +360,11 @@ std::tuple<Tensor, Tensor> fake_quant_pact_backward_cuda(const Tensor& grad, con
   const int64_t levels = check_pact_args("fake_quant_pact", x, alpha, bits, axis);
   check_grad("fake_quant_pact", grad, x);
   const c10::cuda::CUDAGuard guard(x.device());
-  const Tensor xd = dense_view(x);
-  const Tensor gd = same_layout_as(grad, xd);
-  Tensor dx = at::empty_like(xd);
+  BackwardOperands o = backward_operands(grad, x, axis);
   const Tensor a = as_float_vector(alpha);
-  const ChannelLayout layout = channel_layout(xd, axis);
-  const Tensor sums = launch_reduce_backward<ParamKind::kPact, 1>(xd, gd, dx, device_params(a, Tensor(), 0, levels, layout));
-  return {dx, sums_like(sums, 0, layout.channels, alpha, 1.0)};
+  const Tensor sums =
+      launch_reduce_backward<ParamKind::kPact, 1>(o.x, o.grad, o.dx, device_params(a, Tensor(), 0, levels, o.layout));
+  return {o.dx, sums_like(sums, 0, o.layout.channels, alpha, 1.0)};
 }
 
 }  // namespace
