@@ -5,6 +5,11 @@
 #include <c10/util/Exception.h>
 
 #include <cmath>
+#include <cstdlib>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 namespace pyquant::ops {
 
@@ -83,6 +88,44 @@ at::Tensor same_layout_as(const at::Tensor& t, const at::Tensor& like) {
   return out;
 }
 
+namespace {
+
+// Outputs from this size up are worth a madvise call.
+constexpr int64_t kHugePageHintBytes = int64_t{4} << 20;
+constexpr uintptr_t kHugePage = uintptr_t{2} << 20;
+
+bool huge_page_hints_enabled() {
+  static const bool enabled = std::getenv("PYQUANT_NO_HUGEPAGE_HINT") == nullptr;
+  return enabled;
+}
+
+// A fresh large allocation is untouched memory: every 4 KiB page faults on its first write, and for a
+// 51 MB activation those ~12,500 faults cost more than the kernel itself (a plain clone() pays them
+// too). Asking for transparent huge pages on the 2 MiB-aligned interior before the kernel writes it
+// cuts the faults ~500-fold. It is only a hint: where THP is disabled the call fails and nothing
+// changes; on memory the allocator reused it is harmless.
+void hint_huge_pages(void* data, int64_t nbytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHugePage - 1) & ~(kHugePage - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + static_cast<uintptr_t>(nbytes)) & ~(kHugePage - 1);
+  if (end > begin) (void)madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#else
+  (void)data;
+  (void)nbytes;
+#endif
+}
+
+}  // namespace
+
+at::Tensor empty_output_like(const at::Tensor& like) {
+  at::Tensor out = at::empty_like(like);
+  const int64_t nbytes = out.numel() * static_cast<int64_t>(out.element_size());
+  if (out.is_cpu() && nbytes >= kHugePageHintBytes && huge_page_hints_enabled()) {
+    hint_huge_pages(out.mutable_data_ptr(), nbytes);
+  }
+  return out;
+}
+
 int64_t mask_bytes(int64_t numel) {
   return ((numel + 63) / 64) * 8;
 }
@@ -149,7 +192,7 @@ BackwardOperands backward_operands(const at::Tensor& grad, const at::Tensor& x, 
   BackwardOperands o;
   o.x = dense_view(x);
   o.grad = same_layout_as(grad, o.x);
-  o.dx = at::empty_like(o.x);
+  o.dx = empty_output_like(o.x);
   o.layout = channel_layout(o.x, axis);
   return o;
 }

@@ -37,6 +37,10 @@ at::Tensor dense_view(const at::Tensor& x);
 // `t` laid out exactly like `like` (same strides), copying only when it is not already.
 at::Tensor same_layout_as(const at::Tensor& t, const at::Tensor& like);
 
+// A fresh CPU tensor like `like` (same strides) for a kernel to fill. Large ones are hinted to
+// transparent huge pages before their first touch (see fake_quant.cpp).
+at::Tensor empty_output_like(const at::Tensor& like);
+
 // Bytes of the bit-packed mask of n elements: whole 64-bit words.
 int64_t mask_bytes(int64_t numel);
 

@@ -72,7 +72,7 @@ std::tuple<Tensor, Tensor> fake_quant_cpu(const Tensor& x, const Tensor& scale, 
       check_fake_quant_args("fake_quant", x, scale, zero_point, quant_min, quant_max, axis);
   const HostParams params = host_params("fake_quant", scale, zero_point, quant_min, quant_max, false);
   const Tensor xd = dense_view(x);
-  Tensor y = at::empty_like(xd);
+  Tensor y = empty_output_like(xd);
   Tensor mask = at::empty({compute_mask ? mask_bytes(xd.numel()) : 0}, x.options().dtype(at::kByte));
   run_forward(xd, y, compute_mask ? reinterpret_cast<uint64_t*>(mask.mutable_data_ptr()) : nullptr, params, mode,
               quant_min, quant_max, axis);
@@ -106,7 +106,7 @@ Tensor fake_quant_mask_backward_cpu(const Tensor& grad, const Tensor& mask) {
                     " elements (was fake_quant called with compute_mask=True?)");
   TORCH_CHECK_VALUE(grad.is_non_overlapping_and_dense(),
                     "fake_quant backward: grad must be laid out like the forward output");
-  Tensor dx = at::empty_like(grad);
+  Tensor dx = empty_output_like(grad);
   const int64_t numel = grad.numel();
   if (numel == 0) return dx;
   const void* g = grad.const_data_ptr();
@@ -128,7 +128,7 @@ Tensor fake_quant_lsq_cpu(const Tensor& x, const Tensor& scale, const Tensor& ze
   TORCH_CHECK_VALUE(std::isfinite(grad_factor), "fake_quant_lsq: grad_factor must be finite, got ", grad_factor);
   const HostParams params = host_params("fake_quant_lsq", scale, zero_point, quant_min, quant_max, true);
   const Tensor xd = dense_view(x);
-  Tensor y = at::empty_like(xd);
+  Tensor y = empty_output_like(xd);
   run_forward(xd, y, nullptr, params, ZeroPointMode::kInteger, quant_min, quant_max, axis);
   return y;
 }
@@ -208,7 +208,7 @@ Tensor fake_quant_pact_cpu(const Tensor& x, const Tensor& alpha, int64_t bits, s
   const int64_t levels = check_pact_args("fake_quant_pact", x, alpha, bits, axis);
   const HostParams params = pact_params(alpha, bits, false);
   const Tensor xd = dense_view(x);
-  Tensor y = at::empty_like(xd);
+  Tensor y = empty_output_like(xd);
   run_forward(xd, y, nullptr, params, ZeroPointMode::kInteger, 0, levels, axis);
   return y;
 }
