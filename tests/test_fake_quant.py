@@ -248,6 +248,22 @@ for dtype in (torch.float32, torch.bfloat16):
         rdx, rds, rdz = pyquant.reference.lsq_backward(g, x, s, z.float(), -16, 15, axis)
         assert torch.equal(dxl, rdx)
         torch.testing.assert_close(ds.double(), rds, rtol=1e-4, atol=1e-2)
+    zf = torch.rand(24) * 20 - 10
+    assert torch.equal(ops.fake_quant(x, s24 := torch.rand(24) * 0.2 + 0.01, zf, -16, 15, axis=1),
+                       torch.fake_quantize_per_channel_affine(x, s24, zf, 1, -16, 15))
+    alpha = torch.rand(24) + 0.5
+    xp = x.float().requires_grad_(True)
+    a = alpha.clone().requires_grad_(True)
+    yp = ops.fake_quant_pact(xp, a, 3, axis=1)
+    assert torch.equal(yp, pyquant.reference.pact(x.float(), alpha, 3, 1))
+    gp = torch.randn_like(yp)
+    dxp, dap = torch.autograd.grad(yp, (xp, a), gp)
+    rdxp, rdap = pyquant.reference.pact_backward(gp, x.float(), alpha, 3, 1)
+    assert torch.equal(dxp, rdxp)
+    torch.testing.assert_close(dap.double(), rdap, rtol=1e-5, atol=1e-5)
+special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.25])
+ys = ops.fake_quant(special, 0.1, 1, -8, 7)
+assert torch.isnan(ys[0]) and abs(ys[1].item() - 0.6) < 1e-6 and abs(ys[2].item() + 0.9) < 1e-6
 print("ok")
 """ % isa
     env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)

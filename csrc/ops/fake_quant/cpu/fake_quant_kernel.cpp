@@ -1,8 +1,8 @@
-// Vectorized CPU kernels of the fake-quant family. Compiled once per CPU variant (setup.py and
-// CMakeLists.txt define CPU_CAPABILITY and its -m flags); at::vec::Vectorized<float> maps to AVX-512,
-// AVX2 or portable code accordingly. The arithmetic follows pyquant/quant_math.h operation by
-// operation (the scalar header functions are used for nothing here but the per-element contract they
-// document; the tests hold both to torch.fake_quantize_* bit for bit).
+// CPU kernels of the fake-quant family, compiled once per CPU variant (setup.py and CMakeLists.txt
+// define CPU_CAPABILITY and its -m flags). The AVX2 / AVX-512 variants are vectorized with
+// at::vec::Vectorized<float> and follow pyquant/quant_math.h operation by operation; the portable
+// variant calls those header functions directly, per element, exactly as the CUDA kernels do. The
+// tests hold every variant to torch.fake_quantize_* bit for bit.
 #include "fake_quant_kernel.h"
 
 #include <ATen/cpu/vec/vec.h>
@@ -18,6 +18,74 @@
 
 namespace pyquant::cpu::CPU_CAPABILITY {
 namespace {
+
+#if defined(CPU_CAPABILITY_DEFAULT)
+
+// The portable variant runs the per-element functions of pyquant/quant_math.h -- the very code the
+// CUDA kernels run -- so the CPU tests of this variant (ATEN_CPU_CAPABILITY=default) check the GPU
+// arithmetic bit for bit.
+
+inline AffineParams params_at(const ChannelTable& t, int64_t pos) {
+  const int64_t c = t.channels == 1 ? 0 : (pos / t.inner) % t.channels;
+  return make_affine_params(t.scale[c], t.zero_point[c], t.qmin, t.qmax);
+}
+
+inline int64_t channel_at(const ChannelTable& t, int64_t pos) {
+  return t.channels == 1 ? 0 : (pos / t.inner) % t.channels;
+}
+
+template <typename scalar_t, ZeroPointMode kMode, bool kWithMask>
+void forward_typed(const scalar_t* x, scalar_t* y, uint64_t* mask, int64_t begin, int64_t end,
+                   const ChannelTable& t) {
+  uint64_t word = 0;
+  for (int64_t i = begin; i < end; ++i) {
+    bool in_range = false;
+    y[i] = static_cast<scalar_t>(fake_quant_value<kMode>(static_cast<float>(x[i]), params_at(t, i), &in_range));
+    if constexpr (kWithMask) {
+      word |= static_cast<uint64_t>(in_range) << (i & 63);
+      if ((i & 63) == 63 || i + 1 == end) {
+        mask[i >> 6] = word;  // ranges start on a word boundary: this thread owns the word
+        word = 0;
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void mask_backward_typed(const scalar_t* grad, const uint64_t* mask, scalar_t* dx, int64_t begin, int64_t end,
+                         bool /*stream_stores*/) {
+  for (int64_t i = begin; i < end; ++i) {
+    dx[i] = ((mask[i >> 6] >> (i & 63)) & 1u) ? grad[i] : static_cast<scalar_t>(0.0f);
+  }
+}
+
+template <typename scalar_t>
+void lsq_backward_typed(const scalar_t* x, const scalar_t* grad, scalar_t* dx, int64_t begin, int64_t end,
+                        const ChannelTable& t, double* dscale, double* dzero_point) {
+  for (int64_t i = begin; i < end; ++i) {
+    const float g = static_cast<float>(grad[i]);
+    const LsqTerms terms = lsq_terms(static_cast<float>(x[i]), params_at(t, i));
+    dx[i] = static_cast<scalar_t>(terms.in_range ? g : 0.0f);
+    const int64_t c = channel_at(t, i);
+    dscale[c] += g * terms.dscale;
+    dzero_point[c] += g * terms.dzero_point;
+  }
+}
+
+template <typename scalar_t>
+void pact_backward_typed(const scalar_t* x, const scalar_t* grad, scalar_t* dx, int64_t begin, int64_t end,
+                         const ChannelTable& t, double* dalpha) {
+  for (int64_t i = begin; i < end; ++i) {
+    const float xv = static_cast<float>(x[i]);
+    const float g = static_cast<float>(grad[i]);
+    const int64_t c = channel_at(t, i);
+    const float alpha = t.scale[c];  // the table holds alpha for the PACT backward
+    dx[i] = static_cast<scalar_t>(pact_passes_x(xv, alpha) ? g : 0.0f);
+    if (pact_clipped_high(xv, alpha)) dalpha[c] += g;
+  }
+}
+
+#else  // AVX2 / AVX512: at::vec
 
 using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kLanes = Vec::size();
@@ -370,6 +438,8 @@ void pact_backward_typed(const scalar_t* x, const scalar_t* grad, scalar_t* dx, 
     unused = Vec(0.0f);
   });
 }
+
+#endif  // CPU_CAPABILITY_DEFAULT
 
 #define PYQ_DISPATCH_FLOAT_TYPES(dtype, ...)                                 \
   switch (dtype) {                                                           \
