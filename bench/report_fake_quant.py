@@ -13,6 +13,7 @@ import tempfile
 from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))  # the checkout's pyquant (in-place and editable builds)
 
 
 def saved_bytes_per_element():

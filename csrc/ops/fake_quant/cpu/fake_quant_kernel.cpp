@@ -10,10 +10,13 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
-#include <cstring>
+#include <type_traits>
 
 #if !defined(CPU_CAPABILITY)
 #error "compile this file with -DCPU_CAPABILITY=DEFAULT|AVX2|AVX512"
+#endif
+#if !defined(CPU_CAPABILITY_DEFAULT) && !defined(CPU_CAPABILITY_AVX2) && !defined(CPU_CAPABILITY_AVX512)
+#error "unknown CPU_CAPABILITY variant"
 #endif
 
 namespace pyquant::cpu::CPU_CAPABILITY {
@@ -99,18 +102,8 @@ inline uint32_t low_bits(int64_t n) {
 inline uint32_t lane_bits(const Vec& m) {
 #if defined(CPU_CAPABILITY_AVX512)
   return static_cast<uint32_t>(_mm512_movepi32_mask(_mm512_castps_si512(m)));
-#elif defined(CPU_CAPABILITY_AVX2)
-  return static_cast<uint32_t>(_mm256_movemask_ps(m));
 #else
-  float lanes[kLanes];
-  m.store(lanes);
-  uint32_t bits = 0;
-  for (int64_t i = 0; i < kLanes; ++i) {
-    uint32_t u;
-    std::memcpy(&u, &lanes[i], sizeof(u));
-    bits |= (u >> 31) << i;
-  }
-  return bits;
+  return static_cast<uint32_t>(_mm256_movemask_ps(m));
 #endif
 }
 
@@ -118,34 +111,24 @@ inline uint32_t lane_bits(const Vec& m) {
 inline Vec keep_lanes(uint32_t bits, const Vec& v) {
 #if defined(CPU_CAPABILITY_AVX512)
   return _mm512_maskz_mov_ps(static_cast<__mmask16>(bits), v);
-#elif defined(CPU_CAPABILITY_AVX2)
+#else
   const __m256i lane = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
   const __m256i hit = _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), lane), lane);
   return _mm256_and_ps(_mm256_castsi256_ps(hit), v);
-#else
-  float lanes[kLanes];
-  v.store(lanes);
-  for (int64_t i = 0; i < kLanes; ++i) {
-    if (!((bits >> i) & 1u)) lanes[i] = 0.0f;
-  }
-  return Vec::loadu(lanes);
 #endif
 }
 
 // Stores n lanes; full, aligned vectors go around the cache when `stream` (see ChannelTable).
 inline void store_lanes(float* dst, const Vec& v, int64_t n, bool stream) {
   if (n == kLanes) {
+    if (stream && (reinterpret_cast<uintptr_t>(dst) % sizeof(Vec)) == 0) {
 #if defined(CPU_CAPABILITY_AVX512)
-    if (stream && (reinterpret_cast<uintptr_t>(dst) & 63) == 0) {
       _mm512_stream_ps(dst, v);
-      return;
-    }
-#elif defined(CPU_CAPABILITY_AVX2)
-    if (stream && (reinterpret_cast<uintptr_t>(dst) & 31) == 0) {
+#else
       _mm256_stream_ps(dst, v);
+#endif
       return;
     }
-#endif
     v.store(dst);
   } else {
     v.store(dst, n);
@@ -154,17 +137,22 @@ inline void store_lanes(float* dst, const Vec& v, int64_t n, bool stream) {
 
 // Orders this thread's streaming stores before the kernel returns.
 inline void finish_streaming(bool stream) {
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if (stream) _mm_sfence();
-#else
-  (void)stream;
-#endif
 }
 
+// min(hi, max(lo, q)) in this operand order lets NaN through: x86 MAXPS/MINPS return their second
+// operand when either is NaN (quant_math.h: clamp_level). at::vec::clamp is exactly this pair.
 inline Vec clamp_keep_nan(const Vec& q, const Vec& lo, const Vec& hi) {
-  // Comparisons with NaN are false, so NaN passes through (quant_math.h: clamp_level).
-  const Vec low = Vec::blendv(q, lo, q < lo);
-  return Vec::blendv(low, hi, low > hi);
+  return at::vec::clamp(q, lo, hi);
+}
+
+// Bit i set where a[i] == b[i] (ordered: false for NaN), straight from the compare instruction.
+inline uint32_t equal_bits(const Vec& a, const Vec& b) {
+#if defined(CPU_CAPABILITY_AVX512)
+  return static_cast<uint32_t>(_mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ));
+#else
+  return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)));
+#endif
 }
 
 // Packs mask bits into 64-bit words in increasing position order. Ranges start on a word boundary,
@@ -307,15 +295,17 @@ void forward_typed(const scalar_t* x, scalar_t* y, uint64_t* mask, int64_t begin
       } else {
         q = (xv * p.inv_scale + p.zero_point).round();
       }
+      const Vec qc = clamp_keep_nan(q, p.qmin, p.qmax);
       Vec yv;
       if constexpr (kMode == ZeroPointMode::kInteger) {
-        yv = (clamp_keep_nan(q, p.qmin, p.qmax) - p.zero_point) * p.scale;
+        yv = (qc - p.zero_point) * p.scale;
       } else {
-        yv = dequant_float_zero_point(clamp_keep_nan(q, p.qmin, p.qmax), p);
+        yv = dequant_float_zero_point(qc, p);
       }
       store_lanes(yf + i, yv, n, stream);
       if constexpr (kWithMask) {
-        writer.put(pos0 + i, lane_bits((q >= p.qmin) & (q <= p.qmax)) & low_bits(n), n);
+        // In range <=> clamping left the level unchanged (NaN compares unequal: out of range).
+        writer.put(pos0 + i, equal_bits(qc, q) & low_bits(n), n);
       }
     });
   });
