@@ -9,6 +9,7 @@ from pyquant.reference.fake_quant import (
     pact_backward,
 )
 
+from pyquant.reference.entropy import kl_divergences_loop
 from pyquant.reference.histogram import histogram
 from pyquant.reference.range_search import (
     candidate_params,
@@ -28,4 +29,5 @@ __all__ = [
     "grid_search_eager",
     "grid_search_eager_chunked",
     "histogram",
+    "kl_divergences_loop",
 ]
