@@ -76,7 +76,7 @@ def test_entropy_hand_checked_small_case():
     # Q groups {0}, {1, 2} (j*2//3): Q = [4, 0, 0] -> inf; i = 4: groups {0,1}, {2,3}: Q = [4,0,0,4] = P -> 0.
     kl = calib.kl_divergences(torch.tensor([4, 0, 0, 4]), 2, 2)
     assert math.isinf(kl[0]) and math.isinf(kl[1]) and kl[2].item() == 0.0
-    est = calib.EntropyEstimator(bins=4, start=2).observe(torch.tensor([0.1, 0.1, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9]))
+    est = calib.EntropyEstimator(bins=4, start=2, flatten_zero_bin=False).observe(torch.tensor([0.1, 0.1, 0.1, 0.1, 0.9, 0.9, 0.9, 0.9]))
     assert est.clip(0, 1).item() == pytest.approx(0.9)
 
 

@@ -261,16 +261,25 @@ class EntropyEstimator(_HistogramEstimator):
     L = qmax + 1 levels per side, 128 for int8) or of x >= 0 (unsigned grids, L = qmax + 1 levels),
     the clip is the right edge of the last kept bin i that minimises KL(P || Q) (see
     :func:`kl_divergences`; ties go to the larger clip). Per tensor or per channel; candidates from
-    ``start`` (default L) to ``bins``. The whole search is tensor ops on the histogram."""
+    ``start`` (default L) to ``bins``. The whole search is tensor ops on the histogram.
+    ``flatten_zero_bin`` (default, as NVIDIA's pytorch-quantization) replaces the count of the first
+    bin by the second's before the search, so a spike of zeros does not dictate the clip."""
 
     name = "entropy"
 
-    def __init__(self, axis: Optional[int] = None, bins: int = 2048, start: Optional[int] = None):
+    def __init__(self, axis: Optional[int] = None, bins: int = 2048, start: Optional[int] = None,
+                 flatten_zero_bin: bool = True):
         super().__init__(axis, bins)
         self.start = start
+        self.flatten_zero_bin = flatten_zero_bin
 
     def clip(self, qmin: int, qmax: int) -> Tensor:
         counts, _ = self._one_sided(qmin)
+        if self.flatten_zero_bin and counts.shape[-1] > 1:
+            # pytorch-quantization's bins[0] = bins[1]: the spike of exact zeros (ReLU outputs, pruned
+            # weights) otherwise dominates P and drives the clip far too low.
+            counts = counts.clone()
+            counts[:, 0] = counts[:, 1]
         levels = qmax + 1
         start = self.start if self.start is not None else min(levels, counts.shape[-1])
         levels = min(levels, start)
