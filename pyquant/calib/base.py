@@ -9,8 +9,9 @@ import torch
 from torch import Tensor
 
 
-def check_input(x: Tensor, axis: Optional[int], who: str) -> Tensor:
-    """Rejects non-tensors, non-float, empty and non-finite input with a clear error; returns x detached."""
+def check_input(x: Tensor, axis: Optional[int], who: str, check_finite: bool = True) -> Tensor:
+    """Rejects non-tensors, non-float, empty and (unless the caller checks its own min/max) non-finite
+    input with a clear error; returns x detached."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{who}.observe: x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
@@ -19,7 +20,7 @@ def check_input(x: Tensor, axis: Optional[int], who: str) -> Tensor:
         raise ValueError(f"{who}.observe: x must not be empty, got shape {tuple(x.shape)}")
     if axis is not None and not -x.dim() <= axis < x.dim():
         raise ValueError(f"{who}: axis={axis} is out of range for x with {x.dim()} dimensions")
-    if not bool(torch.isfinite(x).all()):
+    if check_finite and not bool(torch.isfinite(x).all()):
         raise ValueError(f"{who}.observe: x must be finite, but it contains NaN or Inf")
     return x.detach()
 

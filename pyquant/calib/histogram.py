@@ -33,9 +33,15 @@ class HistogramCollector:
 
     def update(self, x: Tensor) -> None:
         dims = reduce_dims(x, self.axis)
-        xf = x.float()
-        lo = xf.amin(dim=dims).reshape(-1) if dims else xf.reshape(-1)
-        hi = xf.amax(dim=dims).reshape(-1) if dims else xf.reshape(-1)
+        if self.axis is None:
+            lo, hi = (v.float().reshape(1) for v in torch.aminmax(x))
+        else:
+            xf = x.float()
+            lo = xf.amin(dim=dims).reshape(-1) if dims else xf.reshape(-1)
+            hi = xf.amax(dim=dims).reshape(-1) if dims else xf.reshape(-1)
+        # NaN and Inf propagate into min / max: one check on the statistics replaces a pass over x.
+        if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
+            raise ValueError(f"{type(self).__name__}.observe: x must be finite, but it contains NaN or Inf")
         batch_amax = torch.maximum(-lo, hi)
         if self.counts is None:
             self.amax = torch.where(batch_amax > 0, batch_amax, torch.ones_like(batch_amax))
@@ -92,7 +98,7 @@ class _HistogramEstimator(RangeEstimator):
         self.collector = HistogramCollector(bins, axis)
 
     def observe(self, x: Tensor):
-        x = check_input(x, self.axis, type(self).__name__)
+        x = check_input(x, self.axis, type(self).__name__, check_finite=False)
         self.collector.update(x)
         return self
 
