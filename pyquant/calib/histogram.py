@@ -3,6 +3,7 @@ Lp/MSE and entropy (KL) clips computed from it, per tensor or per channel, acros
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -211,6 +212,23 @@ class HistogramLpEstimator(_HistogramEstimator):
         return scale[idx, best].float(), zp[idx, best].to(torch.int32)
 
 
+@functools.lru_cache(maxsize=16)
+def _kl_index_tables(bins: int, levels: int, start: int, device: str):
+    """Index tables of kl_divergences that depend only on the sizes (cached across calls):
+    candidates i, each group's first bin [n, L + 1], the table of (first bin, width) ends and the flat
+    gather index of every (candidate, group) into that table."""
+    dev = torch.device(device)
+    i = torch.arange(start, bins + 1, device=dev)
+    lv = torch.arange(levels + 1, device=dev)
+    starts = torch.div(lv[None, :] * i[:, None] + levels - 1, levels, rounding_mode="floor")
+    widths = starts.diff(dim=-1)
+    max_width = int(widths.max())
+    first = torch.arange(bins + 1, device=dev)
+    ends = (first[:, None] + torch.arange(max_width + 1, device=dev)[None, :]).clamp(max=bins)
+    flat = (starts[:, :-1] * (max_width + 1) + widths).reshape(-1)
+    return i, starts, first, ends, flat, widths.shape
+
+
 def kl_divergences(hist: Tensor, num_levels: int, start: Optional[int] = None) -> Tensor:
     """TensorRT's entropy calibration (Migacz, "8-bit Inference with TensorRT", GTC 2017), every
     candidate at once. For each candidate i = start..B (keep bins [0, i)):
@@ -235,22 +253,16 @@ def kl_divergences(hist: Tensor, num_levels: int, start: Optional[int] = None) -
     H = pad(torch.xlogy(h, h).cumsum(-1), (1, 0))
     Z = pad((h > 0).double().cumsum(-1), (1, 0))
     N = S[..., -1:]
-    i = torch.arange(start, B + 1, device=h.device)
+    i, starts, first, ends, flat, group_shape = _kl_index_tables(B, L, start, str(h.device))
     outliers = N - S[..., i]
     last = h[..., i - 1] + outliers
     A = H[..., i - 1] + torch.xlogy(last, last)
-    levels = torch.arange(L + 1, device=h.device)
-    starts = torch.div(levels[None, :] * i[:, None] + L - 1, L, rounding_mode="floor")  # [n, L + 1]
     # Group terms g log(g / z) depend only on (first bin, width): tabulate them once for every
     # start and width (B x B/L logs instead of candidates x L), then gather.
-    widths = starts.diff(dim=-1)  # [n, L], values in [1, ceil(B / L)]
-    max_width = int(widths.max())
-    first = torch.arange(B + 1, device=h.device)
-    ends = (first[:, None] + torch.arange(max_width + 1, device=h.device)[None, :]).clamp(max=B)  # [B + 1, W + 1]
     g_tab = S[..., ends] - S[..., first[:, None]]
     z_tab = Z[..., ends] - Z[..., first[:, None]]
     t_tab = torch.xlogy(g_tab, g_tab / z_tab.clamp(min=1.0)).flatten(-2)
-    G = t_tab[..., (starts[:, :-1] * (max_width + 1) + widths).reshape(-1)].reshape(h.shape[:-1] + widths.shape).sum(-1)
+    G = t_tab[..., flat].reshape(h.shape[:-1] + group_shape).sum(-1)
     last_first = starts[:, L - 1]
     g_last = S[..., i] - S[..., last_first]
     z_last = Z[..., i] - Z[..., last_first]
