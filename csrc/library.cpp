@@ -23,3 +23,18 @@ TORCH_LIBRARY(pyquant, m) {
   m.def("fake_quant_pact(Tensor x, Tensor alpha, int bits, int? axis=None) -> Tensor");
   m.def("fake_quant_pact_backward(Tensor grad, Tensor x, Tensor alpha, int bits, int? axis) -> (Tensor, Tensor)");
 }
+
+TORCH_LIBRARY_FRAGMENT(pyquant, m) {
+  // Clipping-range search (calibration): K candidate clips per channel scored in one pass over x;
+  // returns the best scale [C] (float32), zero-point [C] (int32) and the error table [C, K] (float64;
+  // [K] per tensor). Contract in DESIGN.md section 6.
+  m.def(
+      "range_search(Tensor x, int quant_min, int quant_max, int? axis=None, bool symmetric=True, "
+      "int num_candidates=100, float p=2.0) -> (Tensor, Tensor, Tensor)");
+  // Histogram with `bins` bins over [lo, hi) per tensor ([bins]) or per channel ([C, bins]); values
+  // outside go to the edge bins; lo/hi (1 or C values) default to the data's min/max; counts, when
+  // given, are added to. Returns (counts int64, lo float32, hi float32) with the range used.
+  m.def(
+      "histogram(Tensor x, int bins, Tensor? lo=None, Tensor? hi=None, int? axis=None, Tensor? counts=None) "
+      "-> (Tensor, Tensor, Tensor)");
+}

@@ -27,7 +27,10 @@ __all__ = [
     "fake_quant",
     "fake_quant_lsq",
     "fake_quant_pact",
+    "histogram",
+    "histogram_range",
     "lsq_grad_factor",
+    "range_search",
     "unpack_mask",
 ]
 
@@ -261,3 +264,111 @@ def _pact_backward(ctx, grad_y):
 
 
 torch.library.register_autograd("pyquant::fake_quant_pact", _pact_backward, setup_context=_pact_setup)
+
+
+# --------------------------------------------------------------------------------------------------
+# Calibration: range_search and histogram
+
+
+def range_search(
+    x: Tensor,
+    qmin: int,
+    qmax: int,
+    axis: Optional[int] = None,
+    symmetric: bool = True,
+    num_candidates: int = 100,
+    p: float = 2.0,
+):
+    """Per-channel (``axis``) or per-tensor search over ``num_candidates`` clips for the one that
+    minimises the Lp quantization error, all candidates scored in one pass over ``x``.
+
+    Candidate k = 1..K clips at r_k = k/K of the channel's range (float32, in this order):
+    symmetric: ``scale_k = (r_k * max|x_c|) / qmax``, zero-point 0; asymmetric:
+    ``lo = r_k * min(min x_c, 0)``, ``hi = r_k * max(max x_c, 0)``, ``scale_k = (hi - lo) / (qmax - qmin)``,
+    ``zero_point_k = clamp(qmin - round_half_even(lo / scale_k), qmin, qmax)``.
+    ``errors[c, k] = sum |x - fake_quant(x; scale_k, zero_point_k)|^p`` over channel c (``max`` for
+    ``p = inf``), accumulated in float64. Returns ``(scale, zero_point, errors)``: float32 ``[C]``,
+    int32 ``[C]`` and float64 ``[C, K]`` (``[1]``, ``[1]``, ``[K]`` per tensor); the argmin per channel,
+    ties to the larger k. An all-zero channel gets scale 1, zero-point 0. Raises ``ValueError`` for
+    empty input and for NaN/Inf in ``x``. No autograd (the result is piecewise constant in ``x``).
+    """
+    _require_tensor("x", x)
+    _check_int("qmin", qmin)
+    _check_int("qmax", qmax)
+    _check_axis(axis)
+    _check_int("num_candidates", num_candidates)
+    if not isinstance(symmetric, bool):
+        raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
+    if isinstance(p, bool) or not isinstance(p, Number):
+        raise TypeError(f"p must be a number, got {type(p).__name__}")
+    return torch.ops.pyquant.range_search(x.detach(), qmin, qmax, axis, symmetric, num_candidates, float(p))
+
+
+@torch.library.register_fake("pyquant::range_search")
+def _range_search_fake(x, quant_min, quant_max, axis=None, symmetric=True, num_candidates=100, p=2.0):
+    channels = 1 if axis is None else x.shape[axis]
+    err_shape = (num_candidates,) if axis is None else (channels, num_candidates)
+    return (
+        x.new_empty((channels,), dtype=torch.float32),
+        x.new_empty((channels,), dtype=torch.int32),
+        x.new_empty(err_shape, dtype=torch.float64),
+    )
+
+
+def _as_bound(value, x: Tensor, name: str) -> Optional[Tensor]:
+    if value is None or isinstance(value, Tensor):
+        return value
+    if isinstance(value, bool) or not isinstance(value, Number):
+        raise TypeError(f"{name} must be a number, a tensor or None, got {type(value).__name__}")
+    return torch.tensor([float(value)], dtype=torch.float32, device=x.device)
+
+
+def histogram_range(
+    x: Tensor,
+    bins: int,
+    lo: Optional[TensorOrNumber] = None,
+    hi: Optional[TensorOrNumber] = None,
+    axis: Optional[int] = None,
+    counts: Optional[Tensor] = None,
+):
+    """Like :func:`histogram`, returning ``(counts, lo, hi)`` with the range used (float32, one value
+    per channel). With ``lo``/``hi`` left ``None`` the op takes each channel's min and max (widened to
+    ``[v - 1, v + 1]`` for a constant channel, as ``torch.histc``)."""
+    _require_tensor("x", x)
+    _check_int("bins", bins)
+    _check_axis(axis)
+    if counts is not None:
+        _require_tensor("counts", counts)
+    return torch.ops.pyquant.histogram(
+        x.detach(), bins, _as_bound(lo, x, "lo"), _as_bound(hi, x, "hi"), axis, counts
+    )
+
+
+def histogram(
+    x: Tensor,
+    bins: int,
+    lo: Optional[TensorOrNumber] = None,
+    hi: Optional[TensorOrNumber] = None,
+    axis: Optional[int] = None,
+    counts: Optional[Tensor] = None,
+) -> Tensor:
+    """int64 counts ``[bins]`` (per tensor) or ``[channels, bins]`` (``axis``) over ``[lo, hi]``.
+
+    Bin of x: ``clamp(int((x - lo) * bins / (hi - lo)), 0, bins - 1)`` in float32, the expression
+    ``torch.histc`` uses, so counts equal ``torch.histc`` per channel for values inside the range;
+    values outside go to the edge bins. ``lo``/``hi``: numbers or tensors with 1 or C values (or both
+    ``None``: the data's min/max). ``counts``: running counts to add to (accumulation across batches);
+    a new tensor is returned. Raises ``ValueError`` for empty input and NaN/Inf in ``x``.
+    """
+    return histogram_range(x, bins, lo, hi, axis, counts)[0]
+
+
+@torch.library.register_fake("pyquant::histogram")
+def _histogram_fake(x, bins, lo=None, hi=None, axis=None, counts=None):
+    channels = 1 if axis is None else x.shape[axis]
+    shape = (bins,) if axis is None else (channels, bins)
+    return (
+        x.new_empty(shape, dtype=torch.int64),
+        x.new_empty((channels,), dtype=torch.float32),
+        x.new_empty((channels,), dtype=torch.float32),
+    )

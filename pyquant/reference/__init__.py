@@ -9,4 +9,25 @@ from pyquant.reference.fake_quant import (
     pact_backward,
 )
 
-__all__ = ["fake_quant", "fake_quant_mask", "lsq_backward", "pact", "pact_backward"]
+from pyquant.reference.entropy import kl_divergences_loop
+from pyquant.reference.histogram import histogram
+from pyquant.reference.range_search import (
+    candidate_params,
+    grid_search_eager,
+    grid_search_eager_chunked,
+    range_search,
+)
+
+__all__ = [
+    "fake_quant",
+    "fake_quant_mask",
+    "lsq_backward",
+    "pact",
+    "pact_backward",
+    "range_search",
+    "candidate_params",
+    "grid_search_eager",
+    "grid_search_eager_chunked",
+    "histogram",
+    "kl_divergences_loop",
+]
