@@ -9,4 +9,15 @@ from pyquant.reference.fake_quant import (
     pact_backward,
 )
 
-__all__ = ["fake_quant", "fake_quant_mask", "lsq_backward", "pact", "pact_backward"]
+from pyquant.reference.bn_stat_loss import bn_stat_loss, gdfq_bns_loss, zeroq_own_loss
+
+__all__ = [
+    "fake_quant",
+    "fake_quant_mask",
+    "lsq_backward",
+    "pact",
+    "pact_backward",
+    "bn_stat_loss",
+    "zeroq_own_loss",
+    "gdfq_bns_loss",
+]
