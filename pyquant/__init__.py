@@ -7,5 +7,6 @@ Public API (DESIGN.md section 6): ``pyquant.ops`` (the kernels, as torch.ops.pyq
 from pyquant._version import __version__
 from pyquant._extension import build_info
 from pyquant import ops, reference
+from pyquant import distill  # noqa: E402  (pyquant.distill.zeroq and friends)
 
-__all__ = ["__version__", "build_info", "ops", "reference"]
+__all__ = ["__version__", "build_info", "ops", "reference", "distill"]
