@@ -119,6 +119,9 @@ def generate_shards(
 
     for k in range(rank, num_shards, world_size):
         path = os.path.join(out_dir, shard_name(k))
+        for stale in os.listdir(out_dir):  # partial files of a killed run
+            if stale.startswith(shard_name(k) + ".tmp."):
+                os.remove(os.path.join(out_dir, stale))
         if os.path.exists(path):
             meta = _read_shard_meta(path)
             if meta is not None and meta.get("config_digest") == digest:
