@@ -16,7 +16,7 @@ import sys
 RSS_CHILD = r"""
 import resource, sys, torch
 sys.path.insert(0, {bench!r})
-torch.set_num_threads({threads})
+torch.set_flush_denormal(True)
 from bench_distill import zeroq_step_case
 step, _ = zeroq_step_case({name!r}, {impl!r})
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -29,7 +29,7 @@ print(base, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 def peak_rss(name, impl, threads):
     here = os.path.dirname(os.path.abspath(__file__))
     code = RSS_CHILD.format(bench=here, name=name, impl=impl, threads=threads)
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(here) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYQ_BENCH_THREADS=str(threads), PYTHONPATH=os.path.dirname(here) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     before, after = map(int, out.stdout.split()[-2:])
     return before / 1024, after / 1024  # MiB (ru_maxrss is KiB on Linux)
@@ -39,7 +39,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", default="bench/results/bench_distill.json")
     p.add_argument("--rss-models", nargs="*", default=["resnet20", "resnet18"])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     with open(args.json) as f:
         data = json.load(f)
