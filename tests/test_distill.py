@@ -69,6 +69,17 @@ def test_generator_lowers_bn_loss_and_is_deterministic(model, method):
     assert not model.training
 
 
+@pytest.mark.parametrize("method", ["zeroq", "dsg", "aac", "genie"])
+def test_label_term_changes_the_data(model, method):
+    fn = getattr(pyquant.distill, method)
+    kw = dict(batch_size=4, iterations=3, seed=2, progress=False, num_classes=10)
+    if method == "genie":
+        kw["latent_dim"] = 16
+    a = fn(model, 4, SHAPE, **kw)
+    b = fn(model, 4, SHAPE, label_weight=1.0, **kw)
+    assert not torch.equal(a, b) and torch.isfinite(b).all()
+
+
 def test_zeroq_fused_matches_eager_hooks(model):
     a = pyquant.distill.zeroq(model, 4, SHAPE, batch_size=4, iterations=3, seed=1, progress=False)
     b = pyquant.distill.zeroq(model, 4, SHAPE, batch_size=4, iterations=3, seed=1, progress=False, backend="eager")
@@ -156,6 +167,13 @@ def run_cli(args, **kw):
                           cwd=ROOT, **kw)
 
 
+def _shard_meta(path):
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        return f.metadata()
+
+
 def read_all(out_dir):
     names = sorted(f for f in os.listdir(out_dir) if f.endswith(".safetensors"))
     return {n: load_file(os.path.join(out_dir, n))["images"] for n in names}
@@ -182,6 +200,8 @@ def test_single_process_run(reference_run, checkpoint):
     with open(os.path.join(reference_run, "manifest.json")) as f:
         manifest = json.load(f)
     assert manifest["num_samples"] == 8 and [s["seed"] for s in manifest["shards"]] == [5, 6, 7, 8]
+    meta = json.loads(json.dumps(_shard_meta(os.path.join(reference_run, "shard-00000.safetensors"))))
+    assert meta["config_digest"] == manifest["config_digest"]
     assert torch.equal(load_shards(reference_run), torch.cat([shards[k] for k in sorted(shards)]))
     assert not [f for f in os.listdir(reference_run) if ".tmp." in f]
     # Shard k equals the in-process generator with seed base + k.

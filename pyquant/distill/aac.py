@@ -37,12 +37,15 @@ def aac(
     seed: int = 0,
     confidence_weight: float = 1.0,
     response_weight: float = 0.1,
+    label_weight: float = 0.0,
+    num_classes: int = 0,
     lr: float = 0.5,
     init: str = "gaussian",
     backend: str = "pyquant",
     progress: bool = True,
 ) -> Tensor:
-    """``num_samples`` AAC images for ``model`` (see the module docstring)."""
+    """``num_samples`` AAC images for ``model`` (see the module docstring). ``label_weight > 0`` adds
+    cross-entropy on random labels (optional)."""
     shape = check_common(num_samples, input_shape, batch_size, iterations)
     device = model_device(model)
     was_training = model.training
@@ -59,6 +62,7 @@ def aac(
 
     def make_batch(n: int, b: int) -> Tensor:
         x = init_inputs(n, shape, init, device).requires_grad_()
+        labels = torch.randint(0, max(num_classes, 1), (n,), device=device) if label_weight > 0 else None
         opt = torch.optim.Adam([x], lr=lr)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=100, min_lr=1e-4)
         with BNStatHooks(model, per_sample=True, unbiased=True, backend=backend, on_input=on_input) as hooks:
@@ -72,6 +76,8 @@ def aac(
                     loss = loss + confidence_weight * F.cross_entropy(out, out.argmax(1).detach())
                 if responses:
                     loss = loss - response_weight * torch.stack(responses).mean()
+                if labels is not None:
+                    loss = loss + label_weight * F.cross_entropy(out, labels)
                 loss.backward()
                 opt.step()
                 value = loss.item()

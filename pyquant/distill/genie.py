@@ -81,10 +81,13 @@ def genie(
     lr_g: float = 0.01,
     lr_z: float = 0.1,
     swing: bool = True,
+    label_weight: float = 0.0,
+    num_classes: int = 0,
     backend: str = "pyquant",
     progress: bool = True,
 ) -> Tensor:
-    """``num_samples`` Genie images for ``model``: a fresh generator and latents per batch."""
+    """``num_samples`` Genie images for ``model``: a fresh generator and latents per batch.
+    ``label_weight > 0`` adds cross-entropy on random labels (optional)."""
     shape = check_common(num_samples, input_shape, batch_size, iterations)
     if len(shape) != 3:
         raise ValueError(f"genie: input_shape must be (C, H, W), got {input_shape!r}")
@@ -95,6 +98,7 @@ def genie(
     def make_batch(n: int, b: int) -> Tensor:
         gen = GenieGenerator(latent_dim, shape).to(device).train()
         z = torch.randn(n, latent_dim, device=device).requires_grad_()
+        labels = torch.randint(0, max(num_classes, 1), (n,), device=device) if label_weight > 0 else None
         opt_z = torch.optim.Adam([z], lr=lr_z)
         opt_g = torch.optim.Adam(gen.parameters(), lr=lr_g)
         sched_z = torch.optim.lr_scheduler.ReduceLROnPlateau(opt_z, patience=100, min_lr=1e-4)
@@ -107,8 +111,10 @@ def genie(
                 opt_z.zero_grad(set_to_none=True)
                 opt_g.zero_grad(set_to_none=True)
                 x = gen(z)
-                model(x)
+                out = model(x)
                 loss = hooks.total() + own_input_term(x, per_sample=False)
+                if labels is not None:
+                    loss = loss + label_weight * F.cross_entropy(out, labels)
                 loss.backward()
                 opt_z.step()
                 opt_g.step()
