@@ -22,9 +22,14 @@ TORCH_LIBRARY(pyquant, m) {
   // PACT (Choi et al. 2018): learnable clipping level alpha.
   m.def("fake_quant_pact(Tensor x, Tensor alpha, int bits, int? axis=None) -> Tensor");
   m.def("fake_quant_pact_backward(Tensor grad, Tensor x, Tensor alpha, int bits, int? axis) -> (Tensor, Tensor)");
-}
+  // BatchNorm-statistic loss (ZeroQ / DSG / GDFQ): one pass over x; returns the loss and the saved
+  // per-statistic [mean, var, coef_a, coef_b] (float64, [N*C or C, 4]) that the backward needs.
+  m.def(
+      "bn_stat_loss(Tensor x, Tensor running_mean, Tensor running_var, float eps=1e-05, bool per_sample=False, "
+      "bool unbiased=False, Tensor? mean_margin=None, Tensor? std_margin=None, Tensor? sample_weight=None, "
+      "bool match_var=False) -> (Tensor, Tensor)");
+  m.def("bn_stat_loss_backward(Tensor grad, Tensor x, Tensor stats, bool per_sample) -> Tensor");
 
-TORCH_LIBRARY_FRAGMENT(pyquant, m) {
   // Clipping-range search (calibration): K candidate clips per channel scored in one pass over x;
   // returns the best scale [C] (float32), zero-point [C] (int32) and the error table [C, K] (float64;
   // [K] per tensor). Contract in DESIGN.md section 6.

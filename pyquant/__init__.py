@@ -1,11 +1,13 @@
 """pyquant: data-free quantization for PyTorch on fused C++/CUDA kernels.
 
 Public API (DESIGN.md section 6): ``pyquant.ops`` (the kernels, as torch.ops.pyquant.*),
+``pyquant.calib`` (range estimators), ``pyquant.distill`` (synthetic data), ``pyquant.models``,
 ``pyquant.build_info()``, ``pyquant.__version__``.
 """
 
 from pyquant._version import __version__
 from pyquant._extension import build_info
 from pyquant import ops, reference
+from pyquant import calib, distill, models  # noqa: E402  (pyquant.distill.zeroq, pyquant.models.resnet_cifar, ...)
 
-__all__ = ["__version__", "build_info", "ops", "reference"]
+__all__ = ["__version__", "build_info", "ops", "reference", "calib", "distill", "models"]

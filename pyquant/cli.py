@@ -9,6 +9,7 @@ import sys
 # (subcommand, module providing add_parser(subparsers) and run(args))
 SUBCOMMANDS = [
     ("demo", "pyquant.demo"),
+    ("distill", "pyquant.distill.cli"),
 ]
 
 

@@ -24,6 +24,7 @@ from torch import Tensor
 from pyquant import _extension  # noqa: F401  (loads the kernels)
 
 __all__ = [
+    "bn_stat_loss",
     "fake_quant",
     "fake_quant_lsq",
     "fake_quant_pact",
@@ -372,3 +373,89 @@ def _histogram_fake(x, bins, lo=None, hi=None, axis=None, counts=None):
         x.new_empty((channels,), dtype=torch.float32),
         x.new_empty((channels,), dtype=torch.float32),
     )
+# BatchNorm-statistic loss (ZeroQ / DSG / GDFQ / Genie)
+
+
+def _check_opt_tensor(name: str, value) -> None:
+    if value is not None and not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor or None, got {type(value).__name__}")
+
+
+def bn_stat_loss(
+    x: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    eps: float = 1e-5,
+    per_sample: bool = False,
+    unbiased: bool = False,
+    mean_margin: Optional[Tensor] = None,
+    std_margin: Optional[Tensor] = None,
+    sample_weight: Optional[Tensor] = None,
+    *,
+    match_var: bool = False,
+) -> Tensor:
+    """BatchNorm-statistic loss of a BN layer's input ``x`` [N, C, *] against its running statistics.
+
+    Statistics are taken over every dimension but C (batch mode, GDFQ/Genie) or over the spatial
+    dimensions of each sample (``per_sample=True``, ZeroQ/DSG), in float64, in one pass over ``x``::
+
+        s_c = sqrt(running_var_c + eps); sigma = sqrt(var + eps); h(d, m) = max(|d| - m, 0)
+        loss = (1/N) sum_n w_n sum_c [h(mu_nc - running_mean_c, mean_margin_c)^2 + h(sigma_nc - s_c, std_margin_c)^2]
+
+    (batch mode: one "sample", no 1/N). ``unbiased`` selects the (M-1) variance (ZeroQ uses it);
+    ``mean_margin``/``std_margin`` are DSG's per-channel slack margins (eq. 6); ``sample_weight`` [N]
+    weights samples (DSG's layerwise sample enhancement). Extension: ``match_var=True`` compares
+    ``var`` with ``running_var`` instead of the standard deviations (GDFQ's form; divide by C for its
+    ``nn.MSELoss``). Differentiable w.r.t. ``x`` (one elementwise backward pass); the result is
+    float32 (float64 for float64 inputs) and does not depend on the thread count. CPU raises
+    ValueError for NaN/Inf in ``x``, negative ``running_var`` and similar; CUDA returns NaN instead
+    (no host synchronisation).
+    """
+    _require_tensor("x", x)
+    _require_tensor("running_mean", running_mean)
+    _require_tensor("running_var", running_var)
+    _check_opt_tensor("mean_margin", mean_margin)
+    _check_opt_tensor("std_margin", std_margin)
+    _check_opt_tensor("sample_weight", sample_weight)
+    if isinstance(eps, bool) or not isinstance(eps, Number):
+        raise TypeError(f"eps must be a number, got {type(eps).__name__}")
+    loss, _ = torch.ops.pyquant.bn_stat_loss(
+        x, running_mean, running_var, float(eps), bool(per_sample), bool(unbiased),
+        mean_margin, std_margin, sample_weight, bool(match_var),
+    )
+    return loss
+
+
+@torch.library.register_fake("pyquant::bn_stat_loss")
+def _bn_stat_loss_fake(x, running_mean, running_var, eps=1e-5, per_sample=False, unbiased=False,
+                       mean_margin=None, std_margin=None, sample_weight=None, match_var=False):
+    torch._check(x.dim() >= 2, lambda: "bn_stat_loss: x must have shape [N, C, *]")
+    stats = x.shape[0] * x.shape[1] if per_sample else x.shape[1]
+    loss_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return x.new_empty((), dtype=loss_dtype), x.new_empty((stats, 4), dtype=torch.float64)
+
+
+@torch.library.register_fake("pyquant::bn_stat_loss_backward")
+def _bn_stat_loss_backward_fake(grad, x, stats, per_sample):
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+
+def _bn_stat_loss_setup(ctx, inputs, output):
+    x = inputs[0]
+    per_sample = inputs[4]
+    _, stats = output
+    ctx.save_for_backward(x, stats)
+    ctx.per_sample = per_sample
+    ctx.mark_non_differentiable(stats)
+
+
+def _bn_stat_loss_backward(ctx, grad_loss, grad_stats):
+    x, stats = ctx.saved_tensors
+    dx = None
+    if ctx.needs_input_grad[0]:
+        dx = torch.ops.pyquant.bn_stat_loss_backward(grad_loss, x, stats, ctx.per_sample)
+    return dx, None, None, None, None, None, None, None, None, None
+
+
+torch.library.register_autograd("pyquant::bn_stat_loss", _bn_stat_loss_backward, setup_context=_bn_stat_loss_setup)
+

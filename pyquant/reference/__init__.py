@@ -17,6 +17,7 @@ from pyquant.reference.range_search import (
     grid_search_eager_chunked,
     range_search,
 )
+from pyquant.reference.bn_stat_loss import bn_stat_loss, gdfq_bns_loss, zeroq_own_loss
 
 __all__ = [
     "fake_quant",
@@ -30,4 +31,7 @@ __all__ = [
     "grid_search_eager_chunked",
     "histogram",
     "kl_divergences_loop",
+    "bn_stat_loss",
+    "zeroq_own_loss",
+    "gdfq_bns_loss",
 ]
