@@ -3,7 +3,7 @@
     PYTHONPATH=. python -m pytest bench/bench_distill.py --benchmark-json bench/results/bench_distill.json
     PYTHONPATH=. python bench/report_distill.py --json bench/results/bench_distill.json
 
-Threads: PYQ_BENCH_THREADS (default 1).
+Threads: PYQ_BENCH_THREADS (default 2, see bench/conftest.py).
 
 Baselines (named in each case's ``impl``):
   * ``eager``: the BN loss written with ``torch.var_mean`` and PyTorch ops, backward by autograd --
@@ -30,9 +30,7 @@ from pyquant.models import resnet_cifar
 
 # Subnormal gradients make CPU convolutions ~10x slower; the generators flush them, so do the cases.
 torch.set_flush_denormal(True)
-# One thread by default: on a small shared machine, OpenMP oversubscription makes multi-threaded
-# timings irreproducible. PYQ_BENCH_THREADS=N to change.
-torch.set_num_threads(int(os.environ.get("PYQ_BENCH_THREADS", "1")))
+# Threads: bench/conftest.py (2 by default, PYQ_BENCH_THREADS=N to change).
 
 LOSS_SHAPES = [(128, 64, 32, 32), (32, 256, 56, 56)]
 IMPLS = {"pyquant": ops.bn_stat_loss, "eager": eager_bn_stat_loss}

@@ -39,7 +39,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", default="bench/results/bench_distill.json")
     p.add_argument("--rss-models", nargs="*", default=["resnet20", "resnet18"])
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     with open(args.json) as f:
         data = json.load(f)
