@@ -79,7 +79,10 @@ CUDA_ARCHS = os.getenv("TORCH_CUDA_ARCH_LIST", "native") if WITH_CUDA else ""
 opt = ["-O0", "-g"] if DEBUG else ["-O3"]
 # -ffp-contract=off: no fused multiply-add contractions, so CPU results match ATen and the CUDA
 # kernels (built with --fmad=false) operation for operation.
-cxx_flags = opt + ["-ffp-contract=off", "-fvisibility=hidden", "-Wall", "-Wno-unused-function", "-Wno-unknown-pragmas"]
+# -fopenmp: at::parallel_for is a header template; without it the pragma is dropped and every kernel
+# of ours runs on one thread. The libgomp.so.1 it links is the one torch ships and has already loaded.
+cxx_flags = opt + ["-ffp-contract=off", "-fvisibility=hidden", "-fopenmp", "-Wall", "-Wno-unused-function",
+                   "-Wno-unknown-pragmas"]
 nvcc_flags = (["-O0", "-g", "-lineinfo"] if DEBUG else ["-O3"]) + [
     "--fmad=false",
     "--expt-relaxed-constexpr",
@@ -99,6 +102,7 @@ ext = Extension(
     include_dirs=include_dirs,
     define_macros=define_macros,
     extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+    extra_link_args=["-fopenmp"],
     py_limited_api=True,
 )
 
