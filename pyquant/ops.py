@@ -468,7 +468,7 @@ torch.library.register_autograd("pyquant::bn_stat_loss", _bn_stat_loss_backward,
 # ---------------------------------------------------------------------------------------------------
 # Real int8: pack_int8_weight, int8_linear, int8_conv2d (u8 activations x s8 weights, int32 accumulation)
 
-_INT8_KERNELS = ("auto", "vnni", "avx2", "scalar")
+_INT8_KERNELS = ("auto", "amx", "vnni", "avx2", "scalar")
 _PACKED_HEADER_BYTES = 64
 _NR = 64  # output columns per weight panel
 
@@ -494,7 +494,7 @@ def _packed_payload_bytes(shape: Sequence[int], groups: int) -> int:
     if len(shape) == 4 and groups > 1 and groups == n and shape[1] == 1:  # depthwise: [taps][C padded to 64]
         return k * ((n + 63) // 64 * 64)
     npg = n // groups
-    return groups * ((npg + _NR - 1) // _NR) * ((k + 3) // 4) * _NR * 4
+    return groups * ((npg + _NR - 1) // _NR) * (((k + 3) // 4 + 15) // 16 * 16) * _NR * 4
 
 
 def pack_int8_weight(w_q: Tensor, w_scale: TensorOrNumber, groups: int = 1) -> PackedInt8Weight:
@@ -574,7 +574,7 @@ def int8_linear(
     optional) in float32; returns float32 ``[*, N]``, or uint8 requantized as
     ``clamp(round_half_even(y / out_scale) + out_zero_point, 0, 255)`` when ``out_scale`` and
     ``out_zero_point`` are given (fused: int32 never reaches memory). ``x_q``: uint8 ``[*, K]``.
-    ``_kernel`` (private, for tests): "auto", "vnni", "avx2" or "scalar"."""
+    ``_kernel`` (private, for tests): "auto", "amx", "vnni", "avx2" or "scalar"."""
     op = "int8_linear"
     _require_tensor("x_q", x_q)
     w = _check_packed(op, w_packed)

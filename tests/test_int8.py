@@ -9,7 +9,7 @@ from conftest import make_layout
 from pyquant import ops
 from pyquant.reference import int8 as ref
 
-ALL_KERNELS = ["auto", "vnni", "avx2", "scalar"]
+ALL_KERNELS = ["auto", "amx", "vnni", "avx2", "scalar"]
 
 
 def _available(kernel: str) -> bool:

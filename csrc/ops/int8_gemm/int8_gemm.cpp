@@ -121,10 +121,11 @@ ConvGeometry conv_geometry(const char* op, const at::Tensor& x, at::IntArrayRef 
 
 Int8Kernel parse_int8_kernel(const char* op, std::string_view name) {
   if (name == "auto") return Int8Kernel::kAuto;
+  if (name == "amx") return Int8Kernel::kAmx;
   if (name == "vnni") return Int8Kernel::kVnni;
   if (name == "avx2") return Int8Kernel::kAvx2;
   if (name == "scalar") return Int8Kernel::kScalar;
-  TORCH_CHECK_VALUE(false, op, ": kernel must be 'auto', 'vnni', 'avx2' or 'scalar', got '", name, "'");
+  TORCH_CHECK_VALUE(false, op, ": kernel must be 'auto', 'amx', 'vnni', 'avx2' or 'scalar', got '", name, "'");
 }
 
 }  // namespace pyquant::ops

@@ -59,8 +59,8 @@ struct ConvGeometry {
 ConvGeometry conv_geometry(const char* op, const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t c_out);
 
-// "auto" | "vnni" | "avx2" | "scalar" (CPU path selection, a private argument used by the tests).
-enum class Int8Kernel { kAuto, kVnni, kAvx2, kScalar };
+// "auto" | "amx" | "vnni" | "avx2" | "scalar" (CPU path selection, a private argument used by the tests).
+enum class Int8Kernel { kAuto, kAmx, kVnni, kAvx2, kScalar };
 Int8Kernel parse_int8_kernel(const char* op, std::string_view name);
 
 }  // namespace pyquant::ops

@@ -7,6 +7,8 @@
 // panels (outer) and strips (inner), so one weight panel stays hot in L1/L2 while it is reused. The
 // micro-kernel keeps its int32 accumulators in registers for the whole K and applies the epilogue
 // (zero-point term, scales, bias, ReLU, requantization) before anything is written.
+// On CPUs with AMX-INT8 (and M >= 16) run_gemm_amx does the same with 32 x 32 tile blocks: activations
+// are packed row-major, the weight panels are read as AMX B tiles in place.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,6 +19,7 @@
 
 #include "../int8_gemm.h"
 #include "int8_gemm_kernels.h"
+#include "ops/fake_quant/fake_quant.h"
 #include "pyquant/requantize.h"
 
 namespace pyquant::ops {
@@ -92,8 +95,19 @@ std::tuple<Tensor, Tensor> pack_int8_weight_cpu(const Tensor& w_q, int64_t group
 
 // ----------------------------------------------------------------------------------------- dispatch
 
+// The AMX path is taken for kernel="amx", and by "auto" when the CPU has AMX and M fills its tiles.
+constexpr int64_t kAmxMinRows = 16;
+bool use_amx(const char* op, Int8Kernel kernel, int64_t M) {
+  if (kernel == Int8Kernel::kAmx) {
+    TORCH_CHECK_VALUE(k8::cpu_has_amx(), op, ": kernel='amx' needs AMX-INT8 (and the OS permission), which this CPU lacks");
+    return true;
+  }
+  return kernel == Int8Kernel::kAuto && M >= kAmxMinRows && k8::cpu_has_amx();
+}
+
 k8::StripPanelFn choose_gemm(const char* op, Int8Kernel kernel) {
   switch (kernel) {
+    case Int8Kernel::kAmx:
     case Int8Kernel::kVnni:
       TORCH_CHECK_VALUE(k8::cpu_has_vnni(), op, ": kernel='vnni' needs AVX-512 VNNI, which this CPU lacks");
       return k8::strip_panel_vnni;
@@ -232,6 +246,76 @@ void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* p
   });
 }
 
+// The AMX variant of run_gemm: activation rows are packed row-major ([rows][K rounded up to 64]) in
+// blocks of kAmxBlocks x 32 rows; each 32-row x 64-column panel is computed as two 32 x 32 tile blocks.
+constexpr int64_t kAmxBlocks = 4;
+template <typename RowFn>
+void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* payload, const k8::Epilogue& e,
+                  const RowFn& row_of) {
+  const int64_t lda = k8::amx_lda(K);
+  const int64_t ksteps = lda / 64;
+  const int64_t row_blocks = (M + k8::kAmxRows - 1) / k8::kAmxRows;
+  const int64_t panels = k8::num_panels(npg);
+  const int64_t pbytes = k8::panel_bytes(K);
+  const int64_t threads = at::get_num_threads();
+  int64_t block = kAmxBlocks;
+  while (block > 1 && groups * ((row_blocks + block - 1) / block) * panels < 2 * threads) block /= 2;
+  const int64_t m_blocks = (row_blocks + block - 1) / block;
+  int64_t n_chunks = 1;
+  if (groups * m_blocks < 2 * threads) {
+    n_chunks = std::min<int64_t>(panels, (2 * threads + groups * m_blocks - 1) / (groups * m_blocks));
+  }
+  const int64_t panels_per_chunk = (panels + n_chunks - 1) / n_chunks;
+  const int64_t tasks = groups * m_blocks * n_chunks;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> a_buf(static_cast<size_t>(block * k8::kAmxRows * lda));
+    std::vector<uint8_t> scratch(static_cast<size_t>(lda), 0);
+    k8::amx_begin();
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t g = t / (m_blocks * n_chunks);
+      const int64_t mb = (t / n_chunks) % m_blocks;
+      const int64_t nc = t % n_chunks;
+      const int64_t m0 = mb * block * k8::kAmxRows;
+      const int64_t m1 = std::min(M, m0 + block * k8::kAmxRows);
+      const int64_t padded_rows = (m1 - m0 + k8::kAmxRows - 1) / k8::kAmxRows * k8::kAmxRows;
+      for (int64_t i = 0; i < padded_rows; ++i) {
+        uint8_t* dst = a_buf.data() + i * lda;
+        if (m0 + i < M) {
+          std::memcpy(dst, row_of(g, m0 + i, scratch.data()), K);
+          std::memset(dst + K, 0, lda - K);
+        } else {
+          std::memset(dst, 0, lda);
+        }
+      }
+      const int64_t p0 = nc * panels_per_chunk;
+      const int64_t p1 = std::min(panels, p0 + panels_per_chunk);
+      for (int64_t p = p0; p < p1; ++p) {
+        const int8_t* b = payload + (g * panels + p) * pbytes;
+        const int cols = static_cast<int>(std::min<int64_t>(k8::kNr, npg - p * k8::kNr));
+        for (int64_t r0 = m0; r0 < m1; r0 += k8::kAmxRows) {
+          const int rows = static_cast<int>(std::min<int64_t>(k8::kAmxRows, M - r0));
+          const k8::Epilogue es = offset_epilogue(e, r0, g * npg + p * k8::kNr);
+          for (int half = 0; half < cols; half += 32) {
+            k8::block_amx(a_buf.data() + (r0 - m0) * lda, lda, b, ksteps, rows, half, std::min(32, cols - half), es);
+          }
+        }
+      }
+    }
+    k8::amx_end();
+  });
+}
+
+// Runs the GEMM on the chosen path.
+template <typename RowFn>
+void dispatch_gemm(const char* op, Int8Kernel which, int64_t M, int64_t npg, int64_t K, int64_t groups,
+                   const int8_t* payload, const k8::Epilogue& e, const RowFn& row_of) {
+  if (use_amx(op, which, M)) {
+    run_gemm_amx(M, npg, K, groups, payload, e, row_of);
+  } else {
+    run_gemm(M, npg, K, groups, payload, e, choose_gemm(op, which), row_of);
+  }
+}
+
 // ------------------------------------------------------------------------------------------- linear
 
 Tensor int8_linear_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, const Tensor& w_packed,
@@ -247,17 +331,18 @@ Tensor int8_linear_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
   TORCH_CHECK_VALUE(x_q.dim() == 2, op, ": x_q must be 2-d [M, K], got shape ", x_q.sizes());
   TORCH_CHECK_VALUE(x_q.size(1) == h.k, op, ": x_q has K=", x_q.size(1), " features but the weight was packed for K=",
                     h.k);
-  const k8::StripPanelFn fn = choose_gemm(op, parse_int8_kernel(op, kernel));
+  const Int8Kernel which = parse_int8_kernel(op, kernel);
+  (void)choose_gemm(op, which);  // validates the requested path up front
   const Tensor x = x_q.contiguous();
   const int64_t M = x.size(0), K = h.k, N = h.n;
-  Tensor out = at::empty({M, N}, x.options().dtype(ep.requantize ? at::kByte : at::kFloat));
+  Tensor out = empty_output_like(at::empty({M, N}, x.options().dtype(ep.requantize ? at::kByte : at::kFloat)));
   if (M == 0) return out;
   const EpilogueArrays arr = epilogue_arrays(ep, w_col_sum, w_scale, bias, N, true);
   k8::Epilogue e = make_epilogue(ep, arr, out);
   e.ld_out = N;
   const uint8_t* xp = x.const_data_ptr<uint8_t>();
   const int8_t* payload = w_packed.const_data_ptr<int8_t>() + kPackedHeaderBytes;
-  run_gemm(M, N, K, 1, payload, e, fn, [&](int64_t, int64_t m, uint8_t*) { return xp + m * K; });
+  dispatch_gemm(op, which, M, N, K, 1, payload, e, [&](int64_t, int64_t m, uint8_t*) { return xp + m * K; });
   return out;
 }
 
@@ -281,8 +366,9 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
   const k8::StripPanelFn fn = choose_gemm(op, which);
   // NHWC in memory; the output is NHWC too (channels_last strides, logical NCHW shape).
   const Tensor x = x_q.contiguous(at::MemoryFormat::ChannelsLast);
-  Tensor out = at::empty({g.batch, g.c_out, g.oh, g.ow}, x.options().dtype(ep.requantize ? at::kByte : at::kFloat),
-                         at::MemoryFormat::ChannelsLast);
+  Tensor out = empty_output_like(at::empty({g.batch, g.c_out, g.oh, g.ow},
+                                           x.options().dtype(ep.requantize ? at::kByte : at::kFloat),
+                                           at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out;
   const bool depthwise = h.kind == static_cast<int32_t>(PackedKind::kDepthwise);
   const EpilogueArrays arr = epilogue_arrays(ep, w_col_sum, w_scale, bias, g.c_out, !depthwise);
@@ -318,11 +404,11 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
   const bool pointwise = g.kh == 1 && g.kw == 1 && g.stride[0] == 1 && g.stride[1] == 1 && g.padding[0] == 0 &&
                          g.padding[1] == 0 && groups == 1;
   if (pointwise) {
-    run_gemm(M, npg, K, 1, payload, e, fn, [&](int64_t, int64_t m, uint8_t*) { return xp + m * g.c_in; });
+    dispatch_gemm(op, which, M, npg, K, 1, payload, e, [&](int64_t, int64_t m, uint8_t*) { return xp + m * g.c_in; });
     return out;
   }
   const uint8_t zx = static_cast<uint8_t>(ep.x_zero_point);
-  run_gemm(M, npg, K, groups, payload, e, fn, [&](int64_t grp, int64_t m, uint8_t* scratch) -> const uint8_t* {
+  dispatch_gemm(op, which, M, npg, K, groups, payload, e, [&](int64_t grp, int64_t m, uint8_t* scratch) -> const uint8_t* {
     const int64_t ow = m % g.ow;
     const int64_t oh = (m / g.ow) % g.oh;
     const int64_t n = m / (g.ow * g.oh);

@@ -7,6 +7,7 @@
 //   B (weights, per group): panels of kNr = 64 output columns; panel p holds [K4][64][4] int8, where
 //     K4 = ceil(K / 4) and element (n, k) sits at p = n / 64, ((k / 4) * 64 + n % 64) * 4 + k % 4.
 //     vpdpbusd multiplies 4 consecutive k of one column with 4 broadcast activation bytes.
+//     K4 is padded to a multiple of 16 with zeros (AMX tiles read 16 groups at a time).
 //   A (activations, per tile): strips of kMr = 6 rows; strip s holds [K4][6][4] uint8, element (m, k)
 //     at ((k / 4) * 6 + m % 6) * 4 + k % 4.
 //   Depthwise weights: [taps][C_pad] int8 with C_pad = round_up(C, 64).
@@ -18,7 +19,8 @@ constexpr int kNr = 64;
 constexpr int kMr = 6;
 
 inline int64_t k_groups(int64_t K) { return (K + 3) / 4; }
-inline int64_t panel_bytes(int64_t K) { return k_groups(K) * kNr * 4; }
+// K4 is padded to a multiple of 16 (64 values of K): an AMX B tile covers 16 groups of 4.
+inline int64_t panel_bytes(int64_t K) { return (k_groups(K) + 15) / 16 * 16 * kNr * 4; }
 inline int64_t num_panels(int64_t N) { return (N + kNr - 1) / kNr; }
 inline int64_t strip_bytes(int64_t K) { return k_groups(K) * kMr * 4; }
 
@@ -47,6 +49,17 @@ void strip_panel_avx2(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4,
                       const Epilogue& e);
 void strip_panel_vnni(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows, int cols,
                       const Epilogue& e);
+
+// AMX (Sapphire Rapids+): A is row-major [rows][lda] with lda = K rounded up to 64 (zero padded);
+// computes rows x cols (<= 32 x 32) starting at column col0 (0 or 32) of the panel with 2x2 tiles.
+constexpr int kAmxRows = 32;
+inline int64_t amx_lda(int64_t K) { return (K + 63) / 64 * 64; }
+void block_amx(const uint8_t* a, int64_t lda, const int8_t* b_panel, int64_t ksteps, int rows, int col0, int cols,
+               const Epilogue& e);
+// Loads the tile configuration on the calling thread (once per parallel task chunk) / releases it.
+void amx_begin();
+void amx_end();
+bool cpu_has_amx();
 
 // Depthwise conv, one output row (n, oh) over all ow and channels; NHWC input and output.
 struct DepthwiseArgs {

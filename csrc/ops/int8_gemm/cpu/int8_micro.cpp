@@ -1,5 +1,5 @@
 // Micro-kernels of the int8 GEMM and depthwise conv: a portable scalar path (the test oracle), an
-// AVX2 path for machines without VNNI and an AVX-512 VNNI path. The vector functions carry their own
+// AVX2 path for machines without VNNI, an AVX-512 VNNI path and an AMX-INT8 tile path (Sapphire Rapids+). The vector functions carry their own
 // target attributes and include no torch headers, so nothing compiled here for AVX-512 can leak into
 // code that runs on older CPUs; the caller picks one with cpu_has_vnni() / cpu_has_avx2().
 #include <cstring>
@@ -11,7 +11,12 @@
 #include "pyquant/requantize.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
 #include <immintrin.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 #define PYQ_INT8_X86 1
 #define PYQ_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 #define PYQ_TARGET_AVX2 __attribute__((target("avx2,fma")))
@@ -231,6 +236,87 @@ PYQ_TARGET_VNNI void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, co
   }
 }
 
+// ------------------------------------------------------------------------------------------------ AMX
+// TDPBUSD multiplies a 16 x 64 u8 tile by a 16 x (16 x 4) s8 tile into 16 x 16 int32: the B tile is
+// 16 consecutive K-groups of 16 columns of a weight panel, i.e. the panel layout read with a row
+// stride of 256 bytes. 2 x 2 accumulator tiles give a 32 x 32 block; after the whole K loop the four
+// tiles pass through a 4 KiB thread-local scratch (L1) into the same vector epilogue as VNNI.
+#define PYQ_TARGET_AMX \
+  __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+
+namespace {
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+bool request_amx_permission() {
+#if defined(__linux__)
+  // ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA: the kernel only lets a process use the AMX tile
+  // state after this request (torch/oneDNN make the same call).
+  constexpr long kArchReqXcompPerm = 0x1023;
+  constexpr long kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool cpu_has_amx() {
+  static const bool ok = [] {
+    if (!cpu_has_vnni()) return false;
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    const bool tile = (edx >> 24) & 1u, int8 = (edx >> 25) & 1u;
+    return tile && int8 && request_amx_permission();
+  }();
+  return ok;
+}
+
+// Eight 16 x 64-byte tiles. A constant in memory: GCC 12's _tile_loadconfig tells the compiler it reads
+// only the first 8 bytes of its operand, so stores into a local config could be dropped as dead.
+const TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+PYQ_TARGET_AMX void amx_begin() { _tile_loadconfig(&kTileConfig); }
+
+PYQ_TARGET_AMX void amx_end() { _tile_release(); }
+
+PYQ_TARGET_AMX void block_amx(const uint8_t* a, int64_t lda, const int8_t* b_panel, int64_t ksteps, int rows,
+                              int col0, int cols, const Epilogue& e) {
+  // tmm0..3: C (rows 0-15 / 16-31 x cols 0-15 / 16-31); tmm4, 5: A; tmm6, 7: B.
+  alignas(64) int32_t c[kAmxRows][32];
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int8_t* b = b_panel + col0 * 4;
+  for (int64_t s = 0; s < ksteps; ++s) {
+    _tile_loadd(4, a + s * 64, lda);
+    _tile_loadd(5, a + 16 * lda + s * 64, lda);
+    _tile_loadd(6, b + s * 16 * kNr * 4, kNr * 4);
+    _tile_loadd(7, b + s * 16 * kNr * 4 + 64, kNr * 4);
+    _tile_dpbusd(0, 4, 6);
+    _tile_dpbusd(1, 4, 7);
+    _tile_dpbusd(2, 5, 6);
+    _tile_dpbusd(3, 5, 7);
+  }
+  _tile_stored(0, &c[0][0], 128);
+  _tile_stored(1, &c[0][16], 128);
+  _tile_stored(2, &c[16][0], 128);
+  _tile_stored(3, &c[16][16], 128);
+  const __mmask16 m0 = lane_mask(cols), m1 = lane_mask(cols - 16);
+  for (int r = 0; r < rows; ++r) {
+    if (m0) store16(e, r, col0, _mm512_load_si512(&c[r][0]), m0);
+    if (m1) store16(e, r, col0 + 16, _mm512_load_si512(&c[r][16]), m1);
+  }
+}
+
 #else  // not x86: only the scalar path exists
 
 bool cpu_has_vnni() { return false; }
@@ -242,6 +328,10 @@ void strip_panel_vnni(const uint8_t* a, const int8_t* b, int64_t k4, int rows, i
   strip_panel_scalar(a, b, k4, rows, cols, e);
 }
 void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, const Epilogue& e) { depthwise_row_scalar(a, oh, e); }
+bool cpu_has_amx() { return false; }
+void amx_begin() {}
+void amx_end() {}
+void block_amx(const uint8_t*, int64_t, const int8_t*, int64_t, int, int, int, const Epilogue&) {}
 
 #endif
 
