@@ -249,9 +249,10 @@ void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* p
 // The AMX variant of run_gemm: activation rows are packed row-major ([rows][K rounded up to 64]) in
 // blocks of kAmxBlocks x 32 rows; each 32-row x 64-column panel is computed as two 32 x 32 tile blocks.
 constexpr int64_t kAmxBlocks = 4;
-template <typename RowFn>
+// row_into(g, m, dst) writes the K activation bytes of row m of group g to dst.
+template <typename RowIntoFn>
 void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* payload, const k8::Epilogue& e,
-                  const RowFn& row_of) {
+                  const RowIntoFn& row_into) {
   const int64_t lda = k8::amx_lda(K);
   const int64_t ksteps = lda / 64;
   const int64_t row_blocks = (M + k8::kAmxRows - 1) / k8::kAmxRows;
@@ -269,7 +270,18 @@ void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_
   const int64_t tasks = groups * m_blocks * n_chunks;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> a_buf(static_cast<size_t>(block * k8::kAmxRows * lda));
-    std::vector<uint8_t> scratch(static_cast<size_t>(lda), 0);
+    alignas(64) int32_t c_buf[2][k8::kAmxRows * 32];
+    // The block whose int32 results wait in c_buf[pending.slot] for their epilogue.
+    struct Pending {
+      int slot, rows, col0, cols;
+      k8::Epilogue e;
+    } pending{};
+    int slot = 0;
+    bool has_pending = false;
+    auto flush = [&] {
+      if (has_pending) k8::amx_epilogue(c_buf[pending.slot], pending.rows, pending.col0, pending.cols, pending.e);
+      has_pending = false;
+    };
     k8::amx_begin();
     for (int64_t t = begin; t < end; ++t) {
       const int64_t g = t / (m_blocks * n_chunks);
@@ -281,7 +293,7 @@ void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_
       for (int64_t i = 0; i < padded_rows; ++i) {
         uint8_t* dst = a_buf.data() + i * lda;
         if (m0 + i < M) {
-          std::memcpy(dst, row_of(g, m0 + i, scratch.data()), K);
+          row_into(g, m0 + i, dst);
           std::memset(dst + K, 0, lda - K);
         } else {
           std::memset(dst, 0, lda);
@@ -296,24 +308,41 @@ void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_
           const int rows = static_cast<int>(std::min<int64_t>(k8::kAmxRows, M - r0));
           const k8::Epilogue es = offset_epilogue(e, r0, g * npg + p * k8::kNr);
           for (int half = 0; half < cols; half += 32) {
-            k8::block_amx(a_buf.data() + (r0 - m0) * lda, lda, b, ksteps, rows, half, std::min(32, cols - half), es);
+            k8::amx_compute(a_buf.data() + (r0 - m0) * lda, lda, b, ksteps, half, c_buf[slot]);
+            flush();  // the previous block's epilogue runs while this block's tile work is in flight
+            pending = Pending{slot, rows, half, std::min(32, cols - half), es};
+            has_pending = true;
+            slot ^= 1;
           }
         }
       }
     }
+    flush();
     k8::amx_end();
   });
 }
 
 // Runs the GEMM on the chosen path.
-template <typename RowFn>
+// row_into(g, m, dst) writes the K activation bytes of row m of group g to dst.
+template <typename RowIntoFn>
 void dispatch_gemm(const char* op, Int8Kernel which, int64_t M, int64_t npg, int64_t K, int64_t groups,
-                   const int8_t* payload, const k8::Epilogue& e, const RowFn& row_of) {
+                   const int8_t* payload, const k8::Epilogue& e, const RowIntoFn& row_into) {
   if (use_amx(op, which, M)) {
-    run_gemm_amx(M, npg, K, groups, payload, e, row_of);
+    run_gemm_amx(M, npg, K, groups, payload, e, row_into);
   } else {
-    run_gemm(M, npg, K, groups, payload, e, choose_gemm(op, which), row_of);
+    run_gemm(M, npg, K, groups, payload, e, choose_gemm(op, which), [&](int64_t g, int64_t m, uint8_t* scratch) {
+      row_into(g, m, scratch);
+      return static_cast<const uint8_t*>(scratch);
+    });
   }
+}
+
+// Short copies of the im2col gather, inlined in 16-byte chunks (a libc memcpy call per tap costs as
+// much as the copy for 64-channel rows).
+inline void copy_bytes(uint8_t* dst, const uint8_t* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) std::memcpy(dst + i, src + i, 16);
+  for (; i < n; ++i) dst[i] = src[i];
 }
 
 // ------------------------------------------------------------------------------------------- linear
@@ -342,7 +371,8 @@ Tensor int8_linear_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
   e.ld_out = N;
   const uint8_t* xp = x.const_data_ptr<uint8_t>();
   const int8_t* payload = w_packed.const_data_ptr<int8_t>() + kPackedHeaderBytes;
-  dispatch_gemm(op, which, M, N, K, 1, payload, e, [&](int64_t, int64_t m, uint8_t*) { return xp + m * K; });
+  dispatch_gemm(op, which, M, N, K, 1, payload, e,
+                [&](int64_t, int64_t m, uint8_t* dst) { std::memcpy(dst, xp + m * K, K); });
   return out;
 }
 
@@ -386,6 +416,9 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
     a.stride_h = g.stride[0], a.stride_w = g.stride[1], a.pad_h = g.padding[0], a.pad_w = g.padding[1];
     a.dil_h = g.dilation[0], a.dil_w = g.dilation[1];
     a.x_zero_point = ep.x_zero_point;
+    // C_pad + 32 bytes: the vector kernel reads up to 32 channels past a block start (masked).
+    const std::vector<uint8_t> zero_row(static_cast<size_t>(a.C_pad + 32), static_cast<uint8_t>(ep.x_zero_point));
+    a.zero_row = zero_row.data();
     at::parallel_for(0, g.batch * g.oh, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / g.oh, oh = r % g.oh;
@@ -404,11 +437,12 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
   const bool pointwise = g.kh == 1 && g.kw == 1 && g.stride[0] == 1 && g.stride[1] == 1 && g.padding[0] == 0 &&
                          g.padding[1] == 0 && groups == 1;
   if (pointwise) {
-    dispatch_gemm(op, which, M, npg, K, 1, payload, e, [&](int64_t, int64_t m, uint8_t*) { return xp + m * g.c_in; });
+    dispatch_gemm(op, which, M, npg, K, 1, payload, e,
+                  [&](int64_t, int64_t m, uint8_t* dst) { std::memcpy(dst, xp + m * g.c_in, K); });
     return out;
   }
   const uint8_t zx = static_cast<uint8_t>(ep.x_zero_point);
-  dispatch_gemm(op, which, M, npg, K, groups, payload, e, [&](int64_t grp, int64_t m, uint8_t* scratch) -> const uint8_t* {
+  dispatch_gemm(op, which, M, npg, K, groups, payload, e, [&](int64_t grp, int64_t m, uint8_t* scratch) {
     const int64_t ow = m % g.ow;
     const int64_t oh = (m / g.ow) % g.oh;
     const int64_t n = m / (g.ow * g.oh);
@@ -420,11 +454,10 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
         if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) {
           std::memset(dst, zx, cin_g);
         } else {
-          std::memcpy(dst, xp + ((n * g.h + ih) * g.w + iw) * g.c_in + grp * cin_g, cin_g);
+          copy_bytes(dst, xp + ((n * g.h + ih) * g.w + iw) * g.c_in + grp * cin_g, cin_g);
         }
       }
     }
-    return scratch;
   });
   return out;
 }

@@ -10,7 +10,7 @@
 //     K4 is padded to a multiple of 16 with zeros (AMX tiles read 16 groups at a time).
 //   A (activations, per tile): strips of kMr = 6 rows; strip s holds [K4][6][4] uint8, element (m, k)
 //     at ((k / 4) * 6 + m % 6) * 4 + k % 4.
-//   Depthwise weights: [taps][C_pad] int8 with C_pad = round_up(C, 64).
+//   Depthwise weights: [taps][C_pad] int8 with C_pad = round_up(C, 64) (zero padded).
 #include <cstdint>
 
 namespace pyquant::cpu::int8 {
@@ -51,11 +51,12 @@ void strip_panel_vnni(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4,
                       const Epilogue& e);
 
 // AMX (Sapphire Rapids+): A is row-major [rows][lda] with lda = K rounded up to 64 (zero padded);
-// computes rows x cols (<= 32 x 32) starting at column col0 (0 or 32) of the panel with 2x2 tiles.
+// amx_compute: the raw 32 x 32 int32 block at column col0 (0 or 32) of the panel with 2x2 tiles, into
+// a [32][32] scratch; amx_epilogue: rows x cols of it through the epilogue.
 constexpr int kAmxRows = 32;
 inline int64_t amx_lda(int64_t K) { return (K + 63) / 64 * 64; }
-void block_amx(const uint8_t* a, int64_t lda, const int8_t* b_panel, int64_t ksteps, int rows, int col0, int cols,
-               const Epilogue& e);
+void amx_compute(const uint8_t* a, int64_t lda, const int8_t* b_panel, int64_t ksteps, int col0, int32_t* c);
+void amx_epilogue(const int32_t* c, int rows, int col0, int cols, const Epilogue& e);
 // Loads the tile configuration on the calling thread (once per parallel task chunk) / releases it.
 void amx_begin();
 void amx_end();
@@ -65,6 +66,7 @@ bool cpu_has_amx();
 struct DepthwiseArgs {
   const uint8_t* x;  // input image n, [H][W][C]
   const int8_t* w;   // [KH*KW][C_pad]
+  const uint8_t* zero_row;  // C_pad bytes equal to the zero-point (stands in for taps outside the image)
   int64_t H, W, C, C_pad, KH, KW, OW;
   int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
   int32_t x_zero_point;

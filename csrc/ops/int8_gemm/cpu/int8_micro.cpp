@@ -203,8 +203,73 @@ PYQ_TARGET_VNNI void strip_panel_vnni(const uint8_t* a_strip, const int8_t* b_pa
 }
 
 // Depthwise: 16 channels per vector, (x - zx) * w in int32 (vpmulld), taps outside the image skipped
-// (they would contribute (zx - zx) * w = 0). Channels in blocks of 64 to keep 4 accumulators per pixel.
-PYQ_TARGET_VNNI void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, const Epilogue& e) {
+// (they would contribute (zx - zx) * w = 0). For kernels up to 3 x 3 the channel vector is the outer
+// loop, so the tap weights stay in registers while the row of output pixels streams by.
+namespace {
+
+// Two taps at a time with vpdpwssd: the bytes of 32 channels of taps A and B are interleaved
+// (vpunpck{l,h}bw), widened to int16 pairs (x_A[c], x_B[c]) minus the zero-point, and multiplied with
+// the matching weight pairs; int32 lanes then hold channels {0-7, 16-23} and {8-15, 24-31} of the
+// block and are permuted back before the epilogue. A tap outside the image reads a row of zero-point
+// bytes (contributing (zx - zx) * w = 0); an odd tap count is padded with a zero-weight tap.
+template <int kKH, int kKW>
+PYQ_TARGET_VNNI void depthwise_row_small(const DepthwiseArgs& a, int64_t oh, const Epilogue& e) {
+  constexpr int kTaps = kKH * kKW;
+  constexpr int kPairs = (kTaps + 1) / 2;
+  const __m512i zx = _mm512_set1_epi16(static_cast<int16_t>(a.x_zero_point));
+  const __m512i idx_lo = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23);
+  const __m512i idx_hi = _mm512_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+  int64_t ih[kKH];
+  bool row_ok[kKH];
+  for (int kh = 0; kh < kKH; ++kh) {
+    ih[kh] = oh * a.stride_h - a.pad_h + kh * a.dil_h;
+    row_ok[kh] = ih[kh] >= 0 && ih[kh] < a.H;
+  }
+  for (int64_t c0 = 0; c0 < a.C; c0 += 32) {
+    const int valid = static_cast<int>(a.C - c0 < 32 ? a.C - c0 : 32);
+    const __mmask32 lmask = valid >= 32 ? ~__mmask32{0} : ((__mmask32{1} << valid) - 1);
+    __m512i w_lo[kPairs], w_hi[kPairs];
+#pragma GCC unroll 13
+    for (int q = 0; q < kPairs; ++q) {
+      const __m256i wa = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.w + (2 * q) * a.C_pad + c0));
+      const __m256i wb = 2 * q + 1 < kTaps
+                             ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.w + (2 * q + 1) * a.C_pad + c0))
+                             : _mm256_setzero_si256();
+      w_lo[q] = _mm512_cvtepi8_epi16(_mm256_unpacklo_epi8(wa, wb));
+      w_hi[q] = _mm512_cvtepi8_epi16(_mm256_unpackhi_epi8(wa, wb));
+    }
+    for (int64_t ow = 0; ow < a.OW; ++ow) {
+      const uint8_t* tap[2 * kPairs];
+#pragma GCC unroll 5
+      for (int kw = 0; kw < kKW; ++kw) {
+        const int64_t iw = ow * a.stride_w - a.pad_w + kw * a.dil_w;
+        const bool col_ok = iw >= 0 && iw < a.W;
+#pragma GCC unroll 5
+        for (int kh = 0; kh < kKH; ++kh) {
+          tap[kh * kKW + kw] = col_ok && row_ok[kh] ? a.x + (ih[kh] * a.W + iw) * a.C + c0 : a.zero_row + c0;
+        }
+      }
+      if (kTaps % 2) tap[kTaps] = a.zero_row + c0;
+      __m512i acc_lo = _mm512_setzero_si512(), acc_hi = _mm512_setzero_si512();
+#pragma GCC unroll 13
+      for (int q = 0; q < kPairs; ++q) {
+        const __m256i xa = _mm256_maskz_loadu_epi8(lmask, tap[2 * q]);
+        const __m256i xb = _mm256_maskz_loadu_epi8(lmask, tap[2 * q + 1]);
+        const __m512i lo = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_unpacklo_epi8(xa, xb)), zx);
+        const __m512i hi = _mm512_sub_epi16(_mm512_cvtepu8_epi16(_mm256_unpackhi_epi8(xa, xb)), zx);
+        acc_lo = _mm512_dpwssd_epi32(acc_lo, lo, w_lo[q]);
+        acc_hi = _mm512_dpwssd_epi32(acc_hi, hi, w_hi[q]);
+      }
+      const __m512i out0 = _mm512_permutex2var_epi32(acc_lo, idx_lo, acc_hi);
+      const __m512i out1 = _mm512_permutex2var_epi32(acc_lo, idx_hi, acc_hi);
+      store16(e, static_cast<int>(ow), static_cast<int>(c0), out0, lane_mask(valid));
+      const __mmask16 m1 = lane_mask(valid - 16);
+      if (m1) store16(e, static_cast<int>(ow), static_cast<int>(c0 + 16), out1, m1);
+    }
+  }
+}
+
+PYQ_TARGET_VNNI void depthwise_row_generic(const DepthwiseArgs& a, int64_t oh, const Epilogue& e) {
   const __m512i zx = _mm512_set1_epi32(a.x_zero_point);
   for (int64_t ow = 0; ow < a.OW; ++ow) {
     for (int64_t c0 = 0; c0 < a.C; c0 += 64) {
@@ -236,11 +301,21 @@ PYQ_TARGET_VNNI void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, co
   }
 }
 
+}  // namespace
+
+PYQ_TARGET_VNNI void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, const Epilogue& e) {
+  if (a.KH == 3 && a.KW == 3) return depthwise_row_small<3, 3>(a, oh, e);
+  if (a.KH == 5 && a.KW == 5) return depthwise_row_small<5, 5>(a, oh, e);
+  depthwise_row_generic(a, oh, e);
+}
+
 // ------------------------------------------------------------------------------------------------ AMX
 // TDPBUSD multiplies a 16 x 64 u8 tile by a 16 x (16 x 4) s8 tile into 16 x 16 int32: the B tile is
 // 16 consecutive K-groups of 16 columns of a weight panel, i.e. the panel layout read with a row
 // stride of 256 bytes. 2 x 2 accumulator tiles give a 32 x 32 block; after the whole K loop the four
-// tiles pass through a 4 KiB thread-local scratch (L1) into the same vector epilogue as VNNI.
+// tiles pass through a 4 KiB thread-local scratch (L1) into the same vector epilogue as VNNI. The
+// caller runs the epilogue of one block after issuing the tile work of the next (two scratch buffers),
+// so the vector epilogue overlaps the long-latency TDPBUSD chain out of order.
 #define PYQ_TARGET_AMX \
   __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
 
@@ -287,10 +362,9 @@ PYQ_TARGET_AMX void amx_begin() { _tile_loadconfig(&kTileConfig); }
 
 PYQ_TARGET_AMX void amx_end() { _tile_release(); }
 
-PYQ_TARGET_AMX void block_amx(const uint8_t* a, int64_t lda, const int8_t* b_panel, int64_t ksteps, int rows,
-                              int col0, int cols, const Epilogue& e) {
+PYQ_TARGET_AMX void amx_compute(const uint8_t* a, int64_t lda, const int8_t* b_panel, int64_t ksteps, int col0,
+                                int32_t* c) {
   // tmm0..3: C (rows 0-15 / 16-31 x cols 0-15 / 16-31); tmm4, 5: A; tmm6, 7: B.
-  alignas(64) int32_t c[kAmxRows][32];
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -306,14 +380,17 @@ PYQ_TARGET_AMX void block_amx(const uint8_t* a, int64_t lda, const int8_t* b_pan
     _tile_dpbusd(2, 5, 6);
     _tile_dpbusd(3, 5, 7);
   }
-  _tile_stored(0, &c[0][0], 128);
-  _tile_stored(1, &c[0][16], 128);
-  _tile_stored(2, &c[16][0], 128);
-  _tile_stored(3, &c[16][16], 128);
+  _tile_stored(0, c, 128);
+  _tile_stored(1, c + 16, 128);
+  _tile_stored(2, c + 16 * 32, 128);
+  _tile_stored(3, c + 16 * 32 + 16, 128);
+}
+
+PYQ_TARGET_AMX void amx_epilogue(const int32_t* c, int rows, int col0, int cols, const Epilogue& e) {
   const __mmask16 m0 = lane_mask(cols), m1 = lane_mask(cols - 16);
   for (int r = 0; r < rows; ++r) {
-    if (m0) store16(e, r, col0, _mm512_load_si512(&c[r][0]), m0);
-    if (m1) store16(e, r, col0 + 16, _mm512_load_si512(&c[r][16]), m1);
+    if (m0) store16(e, r, col0, _mm512_load_si512(c + r * 32), m0);
+    if (m1) store16(e, r, col0 + 16, _mm512_load_si512(c + r * 32 + 16), m1);
   }
 }
 
@@ -331,7 +408,8 @@ void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, const Epilogue& e)
 bool cpu_has_amx() { return false; }
 void amx_begin() {}
 void amx_end() {}
-void block_amx(const uint8_t*, int64_t, const int8_t*, int64_t, int, int, int, const Epilogue&) {}
+void amx_compute(const uint8_t*, int64_t, const int8_t*, int64_t, int, int32_t*) {}
+void amx_epilogue(const int32_t*, int, int, int, const Epilogue&) {}
 
 #endif
 
