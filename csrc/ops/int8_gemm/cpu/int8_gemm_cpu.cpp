@@ -249,10 +249,11 @@ void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* p
 // The AMX variant of run_gemm: activation rows are packed row-major ([rows][K rounded up to 64]) in
 // blocks of kAmxBlocks x 32 rows; each 32-row x 64-column panel is computed as two 32 x 32 tile blocks.
 constexpr int64_t kAmxBlocks = 4;
-// row_into(g, m, dst) writes the K activation bytes of row m of group g to dst.
-template <typename RowIntoFn>
+// rows_into(g, m, count, dst, ld) writes the K activation bytes of rows m .. m + count - 1 of group g
+// to dst, dst + ld, ... (consecutive rows, so conv geometry is stepped instead of divided per row).
+template <typename RowsIntoFn>
 void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* payload, const k8::Epilogue& e,
-                  const RowIntoFn& row_into) {
+                  const RowsIntoFn& rows_into) {
   const int64_t lda = k8::amx_lda(K);
   const int64_t ksteps = lda / 64;
   const int64_t row_blocks = (M + k8::kAmxRows - 1) / k8::kAmxRows;
@@ -290,11 +291,11 @@ void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_
       const int64_t m0 = mb * block * k8::kAmxRows;
       const int64_t m1 = std::min(M, m0 + block * k8::kAmxRows);
       const int64_t padded_rows = (m1 - m0 + k8::kAmxRows - 1) / k8::kAmxRows * k8::kAmxRows;
+      rows_into(g, m0, m1 - m0, a_buf.data(), lda);
       for (int64_t i = 0; i < padded_rows; ++i) {
         uint8_t* dst = a_buf.data() + i * lda;
         if (m0 + i < M) {
-          row_into(g, m0 + i, dst);
-          std::memset(dst + K, 0, lda - K);
+          if (lda > K) std::memset(dst + K, 0, lda - K);
         } else {
           std::memset(dst, 0, lda);
         }
@@ -323,15 +324,15 @@ void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_
 }
 
 // Runs the GEMM on the chosen path.
-// row_into(g, m, dst) writes the K activation bytes of row m of group g to dst.
-template <typename RowIntoFn>
+// rows_into: see run_gemm_amx.
+template <typename RowsIntoFn>
 void dispatch_gemm(const char* op, Int8Kernel which, int64_t M, int64_t npg, int64_t K, int64_t groups,
-                   const int8_t* payload, const k8::Epilogue& e, const RowIntoFn& row_into) {
+                   const int8_t* payload, const k8::Epilogue& e, const RowsIntoFn& rows_into) {
   if (use_amx(op, which, M)) {
-    run_gemm_amx(M, npg, K, groups, payload, e, row_into);
+    run_gemm_amx(M, npg, K, groups, payload, e, rows_into);
   } else {
     run_gemm(M, npg, K, groups, payload, e, choose_gemm(op, which), [&](int64_t g, int64_t m, uint8_t* scratch) {
-      row_into(g, m, scratch);
+      rows_into(g, m, 1, scratch, 0);
       return static_cast<const uint8_t*>(scratch);
     });
   }
@@ -340,6 +341,8 @@ void dispatch_gemm(const char* op, Int8Kernel which, int64_t M, int64_t npg, int
 // Short copies of the im2col gather, inlined in 16-byte chunks (a libc memcpy call per tap costs as
 // much as the copy for 64-channel rows).
 inline void copy_bytes(uint8_t* dst, const uint8_t* src, int64_t n) {
+  static const bool wide = k8::cpu_has_vnni();
+  if (wide && n >= 32) return k8::copy_bytes_avx512(dst, src, n);
   int64_t i = 0;
   for (; i + 16 <= n; i += 16) std::memcpy(dst + i, src + i, 16);
   for (; i < n; ++i) dst[i] = src[i];
@@ -371,8 +374,9 @@ Tensor int8_linear_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
   e.ld_out = N;
   const uint8_t* xp = x.const_data_ptr<uint8_t>();
   const int8_t* payload = w_packed.const_data_ptr<int8_t>() + kPackedHeaderBytes;
-  dispatch_gemm(op, which, M, N, K, 1, payload, e,
-                [&](int64_t, int64_t m, uint8_t* dst) { std::memcpy(dst, xp + m * K, K); });
+  dispatch_gemm(op, which, M, N, K, 1, payload, e, [&](int64_t, int64_t m, int64_t count, uint8_t* dst, int64_t ld) {
+    for (int64_t i = 0; i < count; ++i) std::memcpy(dst + i * ld, xp + (m + i) * K, K);
+  });
   return out;
 }
 
@@ -437,18 +441,23 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
   const bool pointwise = g.kh == 1 && g.kw == 1 && g.stride[0] == 1 && g.stride[1] == 1 && g.padding[0] == 0 &&
                          g.padding[1] == 0 && groups == 1;
   if (pointwise) {
-    dispatch_gemm(op, which, M, npg, K, 1, payload, e,
-                  [&](int64_t, int64_t m, uint8_t* dst) { std::memcpy(dst, xp + m * g.c_in, K); });
+    dispatch_gemm(op, which, M, npg, K, 1, payload, e, [&](int64_t, int64_t m, int64_t count, uint8_t* dst, int64_t ld) {
+      for (int64_t i = 0; i < count; ++i) std::memcpy(dst + i * ld, xp + (m + i) * g.c_in, K);
+    });
     return out;
   }
   const uint8_t zx = static_cast<uint8_t>(ep.x_zero_point);
-  dispatch_gemm(op, which, M, npg, K, groups, payload, e, [&](int64_t grp, int64_t m, uint8_t* scratch) {
-    const int64_t ow = m % g.ow;
-    const int64_t oh = (m / g.ow) % g.oh;
-    const int64_t n = m / (g.ow * g.oh);
-    uint8_t* dst = scratch;
+  const bool contiguous_taps = groups == 1 && g.dilation[1] == 1;
+  auto gather_row = [&](int64_t grp, int64_t n, int64_t oh, int64_t ow, uint8_t* dst) {
     for (int64_t kh = 0; kh < g.kh; ++kh) {
       const int64_t ih = oh * g.stride[0] - g.padding[0] + kh * g.dilation[0];
+      const int64_t iw0 = ow * g.stride[1] - g.padding[1];
+      if (contiguous_taps && ih >= 0 && ih < g.h && iw0 >= 0 && iw0 + g.kw <= g.w) {
+        // The kw taps of this kernel row are adjacent NHWC pixels: one run of kw * C bytes.
+        copy_bytes(dst, xp + ((n * g.h + ih) * g.w + iw0) * g.c_in, g.kw * cin_g);
+        dst += g.kw * cin_g;
+        continue;
+      }
       for (int64_t kw = 0; kw < g.kw; ++kw, dst += cin_g) {
         const int64_t iw = ow * g.stride[1] - g.padding[1] + kw * g.dilation[1];
         if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) {
@@ -458,7 +467,23 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
         }
       }
     }
-  });
+  };
+  dispatch_gemm(op, which, M, npg, K, groups, payload, e,
+                [&](int64_t grp, int64_t m, int64_t count, uint8_t* dst, int64_t ld) {
+                  int64_t ow = m % g.ow;
+                  int64_t oh = (m / g.ow) % g.oh;
+                  int64_t n = m / (g.ow * g.oh);
+                  for (int64_t i = 0; i < count; ++i) {
+                    gather_row(grp, n, oh, ow, dst + i * ld);
+                    if (++ow == g.ow) {
+                      ow = 0;
+                      if (++oh == g.oh) {
+                        oh = 0;
+                        ++n;
+                      }
+                    }
+                  }
+                });
   return out;
 }
 

@@ -61,6 +61,8 @@ void amx_epilogue(const int32_t* c, int rows, int col0, int cols, const Epilogue
 void amx_begin();
 void amx_end();
 bool cpu_has_amx();
+// A short copy with AVX-512 (only call when cpu_has_vnni()).
+void copy_bytes_avx512(uint8_t* dst, const uint8_t* src, int64_t n);
 
 // Depthwise conv, one output row (n, oh) over all ow and channels; NHWC input and output.
 struct DepthwiseArgs {

@@ -309,6 +309,16 @@ PYQ_TARGET_VNNI void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, co
   depthwise_row_generic(a, oh, e);
 }
 
+// im2col runs: 64 bytes per instruction (masked tail) instead of the 16 of the baseline build.
+PYQ_TARGET_VNNI void copy_bytes_avx512(uint8_t* dst, const uint8_t* src, int64_t n) {
+  int64_t i = 0;
+  for (; i + 64 <= n; i += 64) _mm512_storeu_si512(dst + i, _mm512_loadu_si512(src + i));
+  if (i < n) {
+    const __mmask64 m = (n - i) >= 64 ? ~__mmask64{0} : ((__mmask64{1} << (n - i)) - 1);
+    _mm512_mask_storeu_epi8(dst + i, m, _mm512_maskz_loadu_epi8(m, src + i));
+  }
+}
+
 // ------------------------------------------------------------------------------------------------ AMX
 // TDPBUSD multiplies a 16 x 64 u8 tile by a 16 x (16 x 4) s8 tile into 16 x 16 int32: the B tile is
 // 16 consecutive K-groups of 16 columns of a weight panel, i.e. the panel layout read with a row
@@ -406,6 +416,7 @@ void strip_panel_vnni(const uint8_t* a, const int8_t* b, int64_t k4, int rows, i
 }
 void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, const Epilogue& e) { depthwise_row_scalar(a, oh, e); }
 bool cpu_has_amx() { return false; }
+void copy_bytes_avx512(uint8_t* dst, const uint8_t* src, int64_t n) { std::memcpy(dst, src, n); }
 void amx_begin() {}
 void amx_end() {}
 void amx_compute(const uint8_t*, int64_t, const int8_t*, int64_t, int, int32_t*) {}
