@@ -468,7 +468,6 @@ torch.library.register_autograd("pyquant::bn_stat_loss", _bn_stat_loss_backward,
 # ---------------------------------------------------------------------------------------------------
 # Real int8: pack_int8_weight, int8_linear, int8_conv2d (u8 activations x s8 weights, int32 accumulation)
 
-_INT8_KERNELS = ("auto", "amx", "vnni", "avx2", "scalar")
 _PACKED_HEADER_BYTES = 64
 _NR = 64  # output columns per weight panel
 

@@ -35,7 +35,8 @@ def _rand_case(m, n, k, x_zp=None, gen=None):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 10, 3), (7, 65, 13), (6, 64, 64), (13, 129, 130), (50, 200, 259),
-                                   (97, 31, 1027), (200, 70, 5)])
+                                   (97, 31, 1027), (200, 70, 5),
+                                   (200, 70, 256)])  # K % 64 == 0: AMX tiles read x in place
 @pytest.mark.parametrize("x_zp", [0, 255, 131])
 def test_linear_matches_reference(kernel, m, n, k, x_zp):
     x, w, ws, b = _rand_case(m, n, k)
@@ -114,6 +115,7 @@ CONV_CASES = [
     (1, 3, 10, 7, 5, 3, 3, 2, 0, 1, 1),
     (2, 16, 8, 8, 70, 1, 1, 1, 0, 1, 1),   # pointwise fast path
     (1, 16, 9, 9, 8, 1, 1, 2, 0, 1, 1),    # strided 1x1
+    (1, 64, 8, 9, 20, 1, 1, 1, 0, 1, 1),   # 1x1, C = 64: AMX tiles read the NHWC input in place
     (2, 8, 9, 11, 6, 3, 3, (2, 1), (1, 2), (1, 2), 2),
     (2, 12, 7, 6, 12, 3, 3, 1, 1, 1, 12),  # depthwise
     (1, 70, 10, 9, 70, 3, 3, 2, 1, 1, 70),  # depthwise, channel tail, stride 2

@@ -251,9 +251,11 @@ void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* p
 constexpr int64_t kAmxBlocks = 4;
 // rows_into(g, m, count, dst, ld) writes the K activation bytes of rows m .. m + count - 1 of group g
 // to dst, dst + ld, ... (consecutive rows, so conv geometry is stepped instead of divided per row).
+// direct (optional): row-major activations with row stride K, K % 64 == 0 (linear, 1x1 conv); full
+// row blocks then load their A tiles straight from it, without packing.
 template <typename RowsIntoFn>
 void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* payload, const k8::Epilogue& e,
-                  const RowsIntoFn& rows_into) {
+                  const RowsIntoFn& rows_into, const uint8_t* direct) {
   const int64_t lda = k8::amx_lda(K);
   const int64_t ksteps = lda / 64;
   const int64_t row_blocks = (M + k8::kAmxRows - 1) / k8::kAmxRows;
@@ -291,8 +293,10 @@ void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_
       const int64_t m0 = mb * block * k8::kAmxRows;
       const int64_t m1 = std::min(M, m0 + block * k8::kAmxRows);
       const int64_t padded_rows = (m1 - m0 + k8::kAmxRows - 1) / k8::kAmxRows * k8::kAmxRows;
-      rows_into(g, m0, m1 - m0, a_buf.data(), lda);
-      for (int64_t i = 0; i < padded_rows; ++i) {
+      const bool use_direct = direct != nullptr && m0 + padded_rows <= M;
+      const uint8_t* a_base = use_direct ? direct + m0 * K : a_buf.data();
+      if (!use_direct) rows_into(g, m0, m1 - m0, a_buf.data(), lda);
+      for (int64_t i = 0; i < (use_direct ? 0 : padded_rows); ++i) {
         uint8_t* dst = a_buf.data() + i * lda;
         if (m0 + i < M) {
           if (lda > K) std::memset(dst + K, 0, lda - K);
@@ -309,7 +313,7 @@ void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_
           const int rows = static_cast<int>(std::min<int64_t>(k8::kAmxRows, M - r0));
           const k8::Epilogue es = offset_epilogue(e, r0, g * npg + p * k8::kNr);
           for (int half = 0; half < cols; half += 32) {
-            k8::amx_compute(a_buf.data() + (r0 - m0) * lda, lda, b, ksteps, half, c_buf[slot]);
+            k8::amx_compute(a_base + (r0 - m0) * lda, lda, b, ksteps, half, c_buf[slot]);
             flush();  // the previous block's epilogue runs while this block's tile work is in flight
             pending = Pending{slot, rows, half, std::min(32, cols - half), es};
             has_pending = true;
@@ -327,9 +331,10 @@ void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_
 // rows_into: see run_gemm_amx.
 template <typename RowsIntoFn>
 void dispatch_gemm(const char* op, Int8Kernel which, int64_t M, int64_t npg, int64_t K, int64_t groups,
-                   const int8_t* payload, const k8::Epilogue& e, const RowsIntoFn& rows_into) {
+                   const int8_t* payload, const k8::Epilogue& e, const RowsIntoFn& rows_into,
+                   const uint8_t* direct = nullptr) {
   if (use_amx(op, which, M)) {
-    run_gemm_amx(M, npg, K, groups, payload, e, rows_into);
+    run_gemm_amx(M, npg, K, groups, payload, e, rows_into, K % 64 == 0 ? direct : nullptr);
   } else {
     run_gemm(M, npg, K, groups, payload, e, choose_gemm(op, which), [&](int64_t g, int64_t m, uint8_t* scratch) {
       rows_into(g, m, 1, scratch, 0);
@@ -374,9 +379,12 @@ Tensor int8_linear_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
   e.ld_out = N;
   const uint8_t* xp = x.const_data_ptr<uint8_t>();
   const int8_t* payload = w_packed.const_data_ptr<int8_t>() + kPackedHeaderBytes;
-  dispatch_gemm(op, which, M, N, K, 1, payload, e, [&](int64_t, int64_t m, int64_t count, uint8_t* dst, int64_t ld) {
-    for (int64_t i = 0; i < count; ++i) std::memcpy(dst + i * ld, xp + (m + i) * K, K);
-  });
+  dispatch_gemm(
+      op, which, M, N, K, 1, payload, e,
+      [&](int64_t, int64_t m, int64_t count, uint8_t* dst, int64_t ld) {
+        for (int64_t i = 0; i < count; ++i) std::memcpy(dst + i * ld, xp + (m + i) * K, K);
+      },
+      xp);
   return out;
 }
 
@@ -441,9 +449,12 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
   const bool pointwise = g.kh == 1 && g.kw == 1 && g.stride[0] == 1 && g.stride[1] == 1 && g.padding[0] == 0 &&
                          g.padding[1] == 0 && groups == 1;
   if (pointwise) {
-    dispatch_gemm(op, which, M, npg, K, 1, payload, e, [&](int64_t, int64_t m, int64_t count, uint8_t* dst, int64_t ld) {
-      for (int64_t i = 0; i < count; ++i) std::memcpy(dst + i * ld, xp + (m + i) * g.c_in, K);
-    });
+    dispatch_gemm(
+        op, which, M, npg, K, 1, payload, e,
+        [&](int64_t, int64_t m, int64_t count, uint8_t* dst, int64_t ld) {
+          for (int64_t i = 0; i < count; ++i) std::memcpy(dst + i * ld, xp + (m + i) * g.c_in, K);
+        },
+        xp);
     return out;
   }
   const uint8_t zx = static_cast<uint8_t>(ep.x_zero_point);
