@@ -39,7 +39,7 @@ __global__ void squant_kernel_stage(const T* __restrict__ x, int64_t kernels, in
 
 __global__ void squant_channel_stage(int64_t O, int64_t I, int64_t K, double* __restrict__ q,
                                      double* __restrict__ err, double* __restrict__ ksum,
-                                     const int64_t* __restrict__ cand, const double* __restrict__ prio) {
+                                     int64_t* __restrict__ cand, const double* __restrict__ prio) {
   const int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (o >= O) return;
   double* ks = ksum + o * I;
@@ -50,7 +50,7 @@ __global__ void squant_channel_stage(int64_t O, int64_t I, int64_t K, double* __
   for (int64_t t = 0; t < flips; ++t) {
     int64_t best = -1;
     for (int64_t i = 0; i < I; ++i) {
-      // A kernel already used flips its sign, so it drops out of the candidates.
+      // Each kernel moves at most once (a used one is marked with cand = -1), as on the CPU.
       if (cand[o * I + i] < 0 || squant::sign_of(ks[i]) != dir) continue;
       if (best < 0 || squant::ranks_before(prio[o * I + i], i, prio[o * I + best], best)) best = i;
     }
@@ -59,6 +59,7 @@ __global__ void squant_channel_stage(int64_t O, int64_t I, int64_t K, double* __
     q[j] -= dir;
     err[j] -= dir;
     ks[best] -= dir;
+    cand[o * I + best] = -1;
   }
 }
 
@@ -89,7 +90,7 @@ Tensor squant_round_cuda(const Tensor& x, int64_t quant_min, int64_t quant_max, 
     squant_channel_stage<<<blocks, kThreads, 0, stream>>>(O, I, K, q.mutable_data_ptr<double>(),
                                                           err.mutable_data_ptr<double>(),
                                                           ksum.mutable_data_ptr<double>(),
-                                                          cand.const_data_ptr<int64_t>(), prio.const_data_ptr<double>());
+                                                          cand.mutable_data_ptr<int64_t>(), prio.const_data_ptr<double>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   return q.view(x.sizes()).to(x.scalar_type());
