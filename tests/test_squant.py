@@ -141,6 +141,16 @@ def test_squant_weight_rtn_equivalence_and_axis():
     assert half.dtype == torch.float16
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device and a CUDA build")
+@pytest.mark.parametrize("shape", SHAPES)
+def test_cuda_matches_cpu(shape):
+    for bits in (2, 4, 8):
+        x, qmin, qmax = random_codes(shape, bits, bits)
+        for stages in ((True, True), (False, True), (True, False)):
+            got = ops.squant_round(x.cuda(), qmin, qmax, *stages).cpu()
+            torch.testing.assert_close(got, ops.squant_round(x, qmin, qmax, *stages), rtol=0, atol=0)
+
+
 def test_opcheck():
     x, qmin, qmax = random_codes((6, 4, 3, 3), 4, 1)
     torch.library.opcheck(torch.ops.pyquant.squant_round.default, (x, qmin, qmax, True, True))
@@ -163,6 +173,9 @@ def test_bad_input():
     bad[1, 1, 1, 1] = float("nan")
     with pytest.raises(ValueError, match="finite"):
         ops.squant_round(bad, -8, 7)
+    bad[1, 1, 1, 1] = -float("inf")
+    with pytest.raises(ValueError, match="finite"):
+        ops.squant_round(bad.double(), -8, 7)
     with pytest.raises(TypeError, match="qmin must be an int"):
         ops.squant_round(x, -8.0, 7)
     with pytest.raises(TypeError, match="x must be a torch.Tensor"):

@@ -5,6 +5,10 @@
 
 namespace pyquant::ops {
 
+void check_squant_finite(bool finite) {
+  TORCH_CHECK_VALUE(finite, "squant_round: x must be finite, but it contains NaN or Inf");
+}
+
 SquantShape check_squant_args(const at::Tensor& x, int64_t quant_min, int64_t quant_max) {
   const auto t = x.scalar_type();
   TORCH_CHECK_TYPE(t == at::kFloat || t == at::kDouble, "squant_round: x must be float32 or float64, got ", t);
@@ -16,7 +20,6 @@ SquantShape check_squant_args(const at::Tensor& x, int64_t quant_min, int64_t qu
                     quant_max, ")");
   TORCH_CHECK_VALUE(quant_min >= -kLimit && quant_max <= kLimit, "squant_round: quant_min and quant_max must lie in ",
                     "[-2^24, 2^24], got [", quant_min, ", ", quant_max, "]");
-  TORCH_CHECK_VALUE(at::isfinite(x).all().item<bool>(), "squant_round: x must be finite, but it contains NaN or Inf");
   const int64_t O = x.size(0);
   const int64_t I = x.size(1);
   return {O, I, x.numel() / (O * I)};

@@ -8,6 +8,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cmath>
 #include <vector>
 
 #include "../squant.h"
@@ -62,6 +64,7 @@ Tensor squant_round_cpu(const Tensor& x, int64_t quant_min, int64_t quant_max, b
   Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
   const double qmin = static_cast<double>(quant_min);
   const double qmax = static_cast<double>(quant_max);
+  std::atomic<bool> finite{true};
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "squant_round", [&] {
     const scalar_t* in = src.const_data_ptr<scalar_t>();
     scalar_t* dst = out.mutable_data_ptr<scalar_t>();
@@ -76,8 +79,15 @@ Tensor squant_round_cpu(const Tensor& x, int64_t quant_min, int64_t quant_max, b
       s.order.reserve(I);
       for (int64_t o = begin; o < end; ++o) {
         const scalar_t* row = in + o * M;
+        bool row_finite = true;
         for (int64_t j = 0; j < M; ++j) {
-          squant::round_element(static_cast<double>(row[j]), qmin, qmax, &s.q[j], &s.err[j]);
+          const double v = static_cast<double>(row[j]);
+          row_finite &= std::isfinite(v);
+          squant::round_element(v, qmin, qmax, &s.q[j], &s.err[j]);
+        }
+        if (!row_finite) {  // reported after the loop; the rest of this task is skipped
+          finite.store(false, std::memory_order_relaxed);
+          return;
         }
         squant_channel(s, I, K, kernel_stage, channel_stage);
         scalar_t* out_row = dst + o * M;
@@ -85,6 +95,7 @@ Tensor squant_round_cpu(const Tensor& x, int64_t quant_min, int64_t quant_max, b
       }
     });
   });
+  check_squant_finite(finite.load());
   return out;
 }
 

@@ -67,6 +67,7 @@ Tensor squant_round_cuda(const Tensor& x, int64_t quant_min, int64_t quant_max, 
                          bool channel_stage) {
   const SquantShape shape = check_squant_args(x, quant_min, quant_max);
   const c10::cuda::CUDAGuard guard(x.device());
+  check_squant_finite(at::isfinite(x).all().item<bool>());
   const int64_t O = shape.out_channels, I = shape.kernels, K = shape.kernel_size;
   const Tensor src = x.contiguous();
   const auto dopt = x.options().dtype(at::kDouble).memory_format(at::MemoryFormat::Contiguous);
