@@ -284,6 +284,7 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
                 gen = torch.Generator().manual_seed(seed)
                 probe = torch.randn((64,) + shape, generator=gen).to(device)
                 _calibrate_subset(qm, probe, missing)
+            qgraph.resolve_ties(qm)
             s.detail = f"{len(missing)} of {len(qgraph.act_quantizers(qm))} from noise" if missing else ""
         else:
             qgraph.calibrate_activations(qm, data)

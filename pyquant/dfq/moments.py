@@ -92,6 +92,9 @@ def propagate(gm: fx.GraphModule, bn_stats: Dict, input_moments: Moments = None)
                 res = (F.pad(first[0], (lo, hi)), F.pad(first[1], (lo, hi)))
             elif len(pad) <= 4:
                 res = first
+        elif isinstance(m, (nn.MaxPool2d, nn.AdaptiveMaxPool2d)) or (
+                node.op == "call_function" and node.target in (F.max_pool2d, F.adaptive_max_pool2d)):
+            res = None  # the max of several samples: its moments are not the input's
         elif isinstance(m, FakeQuantizer) or is_transparent(gm, node) or \
                 isinstance(m, (nn.AdaptiveAvgPool2d, nn.AvgPool2d)):
             res = first  # pooling keeps the mean; its variance is kept as an upper bound
@@ -114,6 +117,8 @@ def expected_layer_inputs(gm: fx.GraphModule, bn_stats: Dict, input_moments: Mom
         mean = mo[0].reshape(-1)
         if mean.numel() == 1:
             mean = mean.expand(cin)
+        elif cin % mean.numel() == 0:  # flattened [C, H, W] features: channel-major
+            mean = mean.repeat_interleave(cin // mean.numel())
         if mean.numel() == cin:
             result[node.target] = mean.clone()
     return result
@@ -140,7 +145,7 @@ def bn_activation_ranges(gm: fx.GraphModule, bn_stats: Dict, n_std: float = 6.0,
     missing = []
     for node in gm.graph.nodes:
         q = module_of(gm, node)
-        if not isinstance(q, FakeQuantizer):
+        if not isinstance(q, FakeQuantizer) or getattr(q, "tied_to", None):
             continue
         src = node.args[0]
         pre = src.args[0] if is_relu(gm, src) and isinstance(src.args[0], fx.Node) else None
@@ -155,4 +160,4 @@ def bn_activation_ranges(gm: fx.GraphModule, bn_stats: Dict, n_std: float = 6.0,
             hi = torch.minimum(hi, torch.tensor(_relu_upper(gm, src))) if _relu_upper(gm, src) < math.inf else hi
         scale, zp = qparams_from_range(lo, hi, q.qmin, q.qmax, symmetric=q.spec.symmetric and q.qmin < 0)
         q.set_qparams(scale, zp)
-    return missing
+    return missing  # the caller calibrates these, then pyquant.quant.graph.resolve_ties

@@ -19,6 +19,7 @@ from pyquant.quant.graph import (
     quant_layers,
     quantize_weights,
     replace_relu6,
+    resolve_ties,
     set_activation_quant,
     trace,
 )
@@ -29,5 +30,5 @@ from pyquant.quant.spec import QuantSpec
 
 __all__ = ["QuantSpec", "FakeQuantizer", "QuantConv2d", "QuantLinear", "FoldedBN", "fold_bn", "prepare", "trace",
            "check_supported", "activation_sites", "quantize_weights", "calibrate_activations", "quant_layers",
-           "act_quantizers", "set_activation_quant", "replace_relu6", "QuantReport", "LayerReport",
+           "act_quantizers", "set_activation_quant", "replace_relu6", "resolve_ties", "QuantReport", "LayerReport",
            "build_report", "sqnr_db"]

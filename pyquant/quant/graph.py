@@ -11,6 +11,10 @@ Placement policy (explicit; everything the int8 engine runs as int8, no float is
 4. the input of any Conv2d / Linear that is not yet quantized after walking back through operations
    that keep values on the grid (max-pool, flatten/view/reshape, slicing, zero padding, dropout,
    identity): e.g. the pooled features before the classifier, or a linear bottleneck's output.
+   When such a tensor is an average pool of a quantized tensor, its quantizer is *tied* to that
+   tensor's quantizer (``tied_to``: same clip range, as int8 engines requantize average pooling onto
+   its input's grid); it is not calibrated on its own, because synthetic data under-drive the
+   classifier's features (ZeroQ data give pooled features a third of the real range).
 
 Optionally the first and the last weight layer (and the activation quantizers feeding them) use
 ``first_last_bits`` instead (the convention of most papers); every reported number says which.
@@ -251,6 +255,19 @@ def activation_sites(gm: fx.GraphModule) -> List[Tuple[fx.Node, bool]]:
     return sorted(sites.items(), key=lambda kv: order[kv[0]])
 
 
+AVG_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
+
+
+def _pooled_source(gm, node: fx.Node, sites) -> Optional[fx.Node]:
+    """The quantized tensor that ``node`` is an average pool of (through grid-preserving ops), or None."""
+    node = walk_back(gm, node)
+    if not isinstance(module_of(gm, node), AVG_POOL_MODULES) and not (
+            node.op == "call_function" and node.target in (F.adaptive_avg_pool2d, F.avg_pool2d)):
+        return None
+    src = walk_back(gm, node.args[0])
+    return src if src in sites else None
+
+
 def _input_quantizer_of(gm, node: fx.Node) -> Optional[str]:
     arg = walk_back(gm, node.args[0])
     if arg.op == "call_module" and isinstance(gm.get_submodule(arg.target), FakeQuantizer):
@@ -285,12 +302,19 @@ def prepare(model: nn.Module, weight_spec: QuantSpec, act_spec: Optional[QuantSp
     if act_spec is not None:
         edge_inputs = {walk_back(gm, n.args[0]) for n in layers if n.target in edge} | \
             {n.args[0] for n in layers if n.target in edge}
-        for node, unsigned in activation_sites(gm):
+        sites = activation_sites(gm)
+        site_nodes = {n for n, _ in sites}
+        pooled_sources = {n: _pooled_source(gm, n, site_nodes) for n in site_nodes}  # before the graph changes
+        for node, unsigned in sites:
             bits = first_last_bits if node in edge_inputs else act_spec.bits
+            pooled = pooled_sources[node]
+            unsigned = unsigned or (pooled is not None and dict(sites)[pooled])
             spec = act_spec.replace(bits=bits, signed=not unsigned, symmetric=act_spec.symmetric and unsigned,
                                     axis=None)
             name = "aq_" + node.name
-            gm.add_submodule(name, FakeQuantizer(spec))
+            quantizer = FakeQuantizer(spec)
+            quantizer.tied_to = None if pooled is None else "aq_" + pooled.name
+            gm.add_submodule(name, quantizer)
             with gm.graph.inserting_after(node):
                 q = gm.graph.call_module(name, (node,))
             node.replace_all_uses_with(q, delete_user_cb=lambda u: u is not q)
@@ -321,11 +345,24 @@ def set_activation_quant(gm: nn.Module, enabled: bool) -> None:
         q.enabled = enabled and q.calibrated
 
 
+def resolve_ties(gm: nn.Module) -> None:
+    """Gives every tied activation quantizer the clip range of the quantizer it is tied to."""
+    from pyquant.calib.base import qparams_from_range
+
+    qs = act_quantizers(gm)
+    for q in qs.values():
+        src = qs.get(getattr(q, "tied_to", None) or "")
+        if src is None or not src.calibrated:
+            continue
+        lo, hi = src.clip_range()
+        q.set_qparams(*qparams_from_range(lo, hi, q.qmin, q.qmax, symmetric=q.qmin < 0 and q.spec.symmetric))
+
+
 @torch.no_grad()
 def calibrate_activations(gm: nn.Module, data: torch.Tensor, batch_size: int = 128) -> None:
     """Observes ``data`` at every activation quantizer (all in float, weights as they are) and
-    computes the qparams with each quantizer's estimator."""
-    qs = act_quantizers(gm)
+    computes the qparams with each quantizer's estimator; tied quantizers copy their source's range."""
+    qs = {n: q for n, q in act_quantizers(gm).items() if getattr(q, "tied_to", None) is None}
     for q in qs.values():
         q._estimator = None
         q.observing = True
@@ -337,3 +374,4 @@ def calibrate_activations(gm: nn.Module, data: torch.Tensor, batch_size: int = 1
             q.observing = False
     for q in qs.values():
         q.compute_qparams()
+    resolve_ties(gm)

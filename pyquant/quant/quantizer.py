@@ -34,6 +34,7 @@ class FakeQuantizer(nn.Module):
         self.observing = False
         self.calibrated = False
         self._estimator = None
+        self.tied_to: Optional[str] = None  # name of the quantizer whose clip range this one copies
 
     def extra_repr(self) -> str:
         axis = "per-tensor" if self.axis is None else f"axis={self.axis}"
