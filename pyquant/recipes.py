@@ -39,7 +39,9 @@ class Recipe:
     relu6_to_relu, cle, absorb_high_bias: DFQ's structural steps (on the BN-folded model).
     weight_estimator: ``minmax`` or ``mse`` (per-channel Lp clip, ops.range_search; weight_p = p).
     weight_rounding: ``nearest`` or ``squant`` (pyquant.dfq.squant).
-    abn: re-estimate BN statistics of the weight-quantized network on the data (needs data).
+    abn: re-estimate BN statistics of the weight-quantized network on the data (needs data);
+    abn_after_activations: run it on the fully quantized network instead (activations calibrated
+    first, then ABN with activation quantizers on, then the activation ranges re-calibrated).
     bias_correction: None, ``analytic`` (from BN statistics) or ``empirical`` (on the data).
     act_estimator: ``minmax``, ``percentile``, ``mse``, ``entropy`` (on the data, pyquant.calib) or
     ``bn`` (mean +- act_n_std std from the BN statistics, DFQ; tensors without BN moments fall back
@@ -60,6 +62,7 @@ class Recipe:
     weight_p: float = 2.0
     weight_rounding: str = "nearest"
     abn: bool = False
+    abn_after_activations: bool = False
     bias_correction: Optional[str] = None
     act_estimator: str = "minmax"
     act_estimator_kwargs: dict = field(default_factory=dict)
@@ -95,11 +98,13 @@ class Recipe:
         if self.mixed_precision_bits is not None:
             s.append("mixed_precision")
         s.append(f"quantize_weights:{self.weight_estimator}" + (":squant" if self.weight_rounding == "squant" else ""))
-        if self.abn:
+        if self.abn and not self.abn_after_activations:
             s.append("abn")
         if self.bias_correction:
             s.append(f"bias_correction:{self.bias_correction}")
         s.append(f"calibrate_activations:{self.act_estimator}")
+        if self.abn and self.abn_after_activations:
+            s += ["abn", f"calibrate_activations:{self.act_estimator}"]
         s.append("report")
         return s
 
@@ -267,7 +272,7 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
         qgraph.quantize_weights(qm)
         if recipe.weight_rounding == "squant":
             _squant_weights(qm)
-    if recipe.abn:
+    if recipe.abn and not recipe.abn_after_activations:
         with step("abn") as s:
             s.detail = f"{len(dfq.adaptive_bn(qm, bn_stats, data))} layers"
     if recipe.bias_correction == "analytic":
@@ -287,6 +292,11 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
             qgraph.resolve_ties(qm)
             s.detail = f"{len(missing)} of {len(qgraph.act_quantizers(qm))} from noise" if missing else ""
         else:
+            qgraph.calibrate_activations(qm, data)
+    if recipe.abn and recipe.abn_after_activations:
+        with step("abn") as s:
+            s.detail = f"{len(dfq.adaptive_bn(qm, bn_stats, data))} layers, activations quantized"
+        with step(f"calibrate_activations:{recipe.act_estimator}"):
             qgraph.calibrate_activations(qm, data)
     with step("report"):
         if probe is None:
