@@ -42,4 +42,9 @@ TORCH_LIBRARY(pyquant, m) {
   m.def(
       "histogram(Tensor x, int bins, Tensor? lo=None, Tensor? hi=None, int? axis=None, Tensor? counts=None) "
       "-> (Tensor, Tensor, Tensor)");
+  // SQuant data-free rounding (Guo et al. 2022): integer codes (as floats of x's dtype) of the scaled
+  // weight x [O, I, *kernel] after the kernel-wise and channel-wise flips; not differentiable.
+  m.def(
+      "squant_round(Tensor x, int quant_min, int quant_max, bool kernel_stage=True, bool channel_stage=True) "
+      "-> Tensor");
 }

@@ -102,3 +102,26 @@ def test_bad_input():
     if not pyquant.build_info()["cuda"] and torch.cuda.is_available():  # pragma: no cover
         with pytest.raises(ValueError, match="CUDA"):
             pyquant.quantize(resnet8().cuda(), "dfq", input_shape=(3, 16, 16), progress=False)
+
+
+def test_squant_recipe_rounds_weights_with_squant():
+    from pyquant.dfq.squant import squant_weight
+
+    model = resnet8()
+    q = pyquant.quantize(model, "squant", w_bits=4, a_bits=8, input_shape=(3, 16, 16), progress=False)
+    for name, m in quant_layers(q).items():
+        wq = m.weight_quantizer
+        expected = squant_weight(m.weight_fp, wq.scale, wq.zero_point, wq.qmin, wq.qmax, axis=0)
+        torch.testing.assert_close(m.quantized_weight(), expected, rtol=0, atol=0)
+    assert all(r.weight_sqnr_db > 5 for r in q.quant_report.layers)
+
+
+def test_mixed_precision_allocation_respects_the_budget():
+    model = bn_stats_from_data(resnet8(), torch.randn(128, 3, 16, 16))
+    q = pyquant.quantize(model, "zeroq", w_bits=8, a_bits=8, input_shape=(3, 16, 16), mixed_precision_bits=5.0,
+                         progress=False, **FAST)
+    layers = quant_layers(q)
+    bits = {n: m.weight_quantizer.bits for n, m in layers.items()}
+    assert set(bits.values()) <= {2, 4, 8} and len(set(bits.values())) > 1
+    total = sum(m.weight.numel() * bits[n] for n, m in layers.items())
+    assert total <= 5.0 * sum(m.weight.numel() for m in layers.values())

@@ -18,6 +18,7 @@ from pyquant.reference.range_search import (
     range_search,
 )
 from pyquant.reference.bn_stat_loss import bn_stat_loss, gdfq_bns_loss, zeroq_own_loss
+from pyquant.reference.squant import squant_round
 
 __all__ = [
     "fake_quant",
@@ -34,4 +35,5 @@ __all__ = [
     "bn_stat_loss",
     "zeroq_own_loss",
     "gdfq_bns_loss",
+    "squant_round",
 ]
