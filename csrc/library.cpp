@@ -47,4 +47,20 @@ TORCH_LIBRARY(pyquant, m) {
   m.def(
       "squant_round(Tensor x, int quant_min, int quant_max, bool kernel_stage=True, bool channel_stage=True) "
       "-> Tensor");
+
+  // Real int8 (issue 6; contracts in DESIGN.md section 6). pack_int8_weight turns symmetric int8
+  // weights ([N, K] linear or [N, C/groups, kh, kw] conv) into the kernels' layout (a 1-d int8 tensor
+  // with a self-describing header) and returns it with the per-column sums used for the activation
+  // zero-point term. int8_linear / int8_conv2d: u8 activations x s8 weights, int32 accumulation,
+  // per-channel weight scales, bias, ReLU, float32 output or uint8 requantized to (out_scale,
+  // out_zero_point). `kernel` ("auto", "vnni", "avx2", "scalar") picks the CPU path (tests).
+  m.def("pack_int8_weight(Tensor w_q, int groups=1) -> (Tensor, Tensor)");
+  m.def(
+      "int8_linear(Tensor x_q, float x_scale, int x_zero_point, Tensor w_packed, Tensor w_col_sum, Tensor w_scale, "
+      "Tensor? bias=None, float? out_scale=None, int? out_zero_point=None, bool relu=False, str kernel=\"auto\") "
+      "-> Tensor");
+  m.def(
+      "int8_conv2d(Tensor x_q, float x_scale, int x_zero_point, Tensor w_packed, Tensor w_col_sum, Tensor w_scale, "
+      "int[2] kernel_size, Tensor? bias=None, int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1, "
+      "float? out_scale=None, int? out_zero_point=None, bool relu=False, str kernel=\"auto\") -> Tensor");
 }

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from numbers import Number
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -30,6 +30,10 @@ __all__ = [
     "fake_quant_pact",
     "histogram",
     "histogram_range",
+    "int8_conv2d",
+    "int8_linear",
+    "pack_int8_weight",
+    "PackedInt8Weight",
     "lsq_grad_factor",
     "range_search",
     "squant_round",
@@ -490,3 +494,212 @@ def squant_round(x: Tensor, qmin: int, qmax: int, kernel_stage: bool = True, cha
 @torch.library.register_fake("pyquant::squant_round")
 def _squant_round_fake(x, quant_min, quant_max, kernel_stage=True, channel_stage=True):
     return x.new_empty(x.shape)
+# ---------------------------------------------------------------------------------------------------
+# Real int8: pack_int8_weight, int8_linear, int8_conv2d (u8 activations x s8 weights, int32 accumulation)
+
+_INT8_KERNELS = ("auto", "amx", "vnni", "avx2", "scalar")
+_PACKED_HEADER_BYTES = 64
+_NR = 64  # output columns per weight panel
+
+
+class PackedInt8Weight(NamedTuple):
+    """A weight prepared for :func:`int8_linear` / :func:`int8_conv2d` by :func:`pack_int8_weight`.
+
+    ``data``: int8 1-d tensor (64-byte header + panels of 64 output channels, ``[K/4][64][4]`` each);
+    ``col_sum``: int32 ``[N]`` per-output-channel sums of the weights (the activation zero-point enters
+    as ``- x_zero_point * col_sum``); ``scale``: float32 ``[N]`` weight scales; ``shape``: the original
+    weight shape; ``groups``: conv groups (1 for linear)."""
+
+    data: Tensor
+    col_sum: Tensor
+    scale: Tensor
+    shape: Tuple[int, ...]
+    groups: int
+
+
+def _packed_payload_bytes(shape: Sequence[int], groups: int) -> int:
+    n = shape[0]
+    k = math.prod(shape[1:])
+    if len(shape) == 4 and groups > 1 and groups == n and shape[1] == 1:  # depthwise: [taps][C padded to 64]
+        return k * ((n + 63) // 64 * 64)
+    npg = n // groups
+    return groups * ((npg + _NR - 1) // _NR) * (((k + 3) // 4 + 15) // 16 * 16) * _NR * 4
+
+
+def pack_int8_weight(w_q: Tensor, w_scale: TensorOrNumber, groups: int = 1) -> PackedInt8Weight:
+    """Packs symmetric int8 weights once for the int8 kernels.
+
+    ``w_q``: int8 ``[N, K]`` (linear) or ``[N, C_in / groups, kh, kw]`` (conv); ``w_scale``: float32 ``[N]``
+    per-output-channel scales (or one number for all). Depthwise conv weights (``groups == N``,
+    ``C_in / groups == 1``) get the depthwise kernel's layout. ``K`` (``C_in / groups * kh * kw`` for conv)
+    is at most 65536 so the int32 accumulation cannot overflow."""
+    _require_tensor("w_q", w_q)
+    _check_int("groups", groups)
+    if w_q.dtype != torch.int8:
+        raise TypeError(f"pack_int8_weight: w_q must be int8, got {w_q.dtype}")
+    n = w_q.shape[0] if w_q.dim() > 0 else 0
+    scale = _as_param(w_scale, w_q, "w_scale", torch.float32)
+    if scale.dtype != torch.float32:
+        raise TypeError(f"pack_int8_weight: w_scale must be float32, got {scale.dtype}")
+    if scale.numel() == 1 and n != 1:
+        scale = scale.reshape(1).expand(n)
+    scale = scale.reshape(-1).contiguous()
+    if scale.numel() != n:
+        raise ValueError(f"pack_int8_weight: w_scale must have {n} values (one per output channel), got {scale.numel()}")
+    if not bool(torch.isfinite(scale).all()) or not bool((scale > 0).all()):
+        raise ValueError("pack_int8_weight: w_scale must be finite and > 0")
+    data, col_sum = torch.ops.pyquant.pack_int8_weight(w_q.detach(), groups)
+    return PackedInt8Weight(data, col_sum, scale, tuple(w_q.shape), groups)
+
+
+def _check_packed(op: str, w_packed) -> PackedInt8Weight:
+    if not isinstance(w_packed, PackedInt8Weight):
+        raise TypeError(
+            f"{op}: w_packed must be a PackedInt8Weight from pyquant.ops.pack_int8_weight, got {type(w_packed).__name__}"
+        )
+    return w_packed
+
+
+def _as_float_scale(op: str, name: str, value) -> float:
+    if isinstance(value, Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"{op}: {name} must have one element, got shape {tuple(value.shape)}")
+        value = float(value.item())
+    if isinstance(value, bool) or not isinstance(value, Number):
+        raise TypeError(f"{op}: {name} must be a number or a 1-element tensor, got {type(value).__name__}")
+    return float(value)
+
+
+def _as_int_zero_point(op: str, name: str, value) -> int:
+    if isinstance(value, Tensor):
+        if value.numel() != 1 or value.is_floating_point():
+            raise ValueError(f"{op}: {name} must be one integer, got {value}")
+        value = int(value.item())
+    _check_int(name, value)
+    return value
+
+
+def _out_args(op: str, out_scale, out_zero_point):
+    if (out_scale is None) != (out_zero_point is None):
+        raise ValueError(f"{op}: give both out_scale and out_zero_point (uint8 output) or neither (float32 output)")
+    if out_scale is None:
+        return None, None
+    return _as_float_scale(op, "out_scale", out_scale), _as_int_zero_point(op, "out_zero_point", out_zero_point)
+
+
+def int8_linear(
+    x_q: Tensor,
+    x_scale: TensorOrNumber,
+    x_zero_point: Union[int, Tensor],
+    w_packed: PackedInt8Weight,
+    bias: Optional[Tensor] = None,
+    out_scale: Optional[TensorOrNumber] = None,
+    out_zero_point: Optional[Union[int, Tensor]] = None,
+    relu: bool = False,
+    *,
+    _kernel: str = "auto",
+) -> Tensor:
+    """``y = (x_q - x_zero_point) @ w_q.T`` in int32, then ``y * (x_scale * w_scale) + bias`` (ReLU
+    optional) in float32; returns float32 ``[*, N]``, or uint8 requantized as
+    ``clamp(round_half_even(y / out_scale) + out_zero_point, 0, 255)`` when ``out_scale`` and
+    ``out_zero_point`` are given (fused: int32 never reaches memory). ``x_q``: uint8 ``[*, K]``.
+    ``_kernel`` (private, for tests): "auto", "amx", "vnni", "avx2" or "scalar"."""
+    op = "int8_linear"
+    _require_tensor("x_q", x_q)
+    w = _check_packed(op, w_packed)
+    if len(w.shape) != 2:
+        raise ValueError(f"{op}: w_packed holds a conv weight of shape {w.shape}; pack a 2-d [out, in] weight")
+    if x_q.dim() < 1:
+        raise ValueError(f"{op}: x_q must have shape [*, K], got a 0-d tensor")
+    if x_q.dtype != torch.uint8:
+        raise TypeError(f"{op}: x_q must be uint8, got {x_q.dtype}")
+    if x_q.shape[-1] != w.shape[1]:
+        raise ValueError(f"{op}: x_q has K={x_q.shape[-1]} features but the weight has K={w.shape[1]}")
+    os_, oz = _out_args(op, out_scale, out_zero_point)
+    lead = x_q.shape[:-1]
+    y = torch.ops.pyquant.int8_linear(
+        x_q.reshape(-1, x_q.shape[-1]),
+        _as_float_scale(op, "x_scale", x_scale),
+        _as_int_zero_point(op, "x_zero_point", x_zero_point),
+        w.data, w.col_sum, w.scale, bias, os_, oz, bool(relu), _kernel,
+    )
+    return y.reshape(*lead, y.shape[-1])
+
+
+def _pair(v) -> Tuple[int, int]:
+    if isinstance(v, int):
+        return (v, v)
+    return tuple(v)
+
+
+def int8_conv2d(
+    x_q: Tensor,
+    x_scale: TensorOrNumber,
+    x_zero_point: Union[int, Tensor],
+    w_packed: PackedInt8Weight,
+    bias: Optional[Tensor] = None,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups: int = 1,
+    out_scale: Optional[TensorOrNumber] = None,
+    out_zero_point: Optional[Union[int, Tensor]] = None,
+    relu: bool = False,
+    *,
+    _kernel: str = "auto",
+) -> Tensor:
+    """2-d convolution of uint8 ``x_q`` (NCHW or channels_last) with a packed int8 weight; padding
+    stands for the value 0 (level ``x_zero_point``). Same epilogue as :func:`int8_linear`. The output
+    has the logical shape ``[N, C_out, H_out, W_out]`` in channels_last memory format."""
+    op = "int8_conv2d"
+    _require_tensor("x_q", x_q)
+    w = _check_packed(op, w_packed)
+    if len(w.shape) != 4:
+        raise ValueError(f"{op}: w_packed holds a linear weight of shape {w.shape}; pack a 4-d conv weight")
+    if x_q.dtype != torch.uint8:
+        raise TypeError(f"{op}: x_q must be uint8, got {x_q.dtype}")
+    _check_int("groups", groups)
+    if groups != w.groups:
+        raise ValueError(f"{op}: groups={groups} but the weight was packed with groups={w.groups}")
+    if x_q.dim() != 4 or x_q.shape[1] != w.shape[1] * groups:
+        raise ValueError(
+            f"{op}: x_q must be [N, {w.shape[1] * groups}, H, W] for this weight, got shape {tuple(x_q.shape)}"
+        )
+    os_, oz = _out_args(op, out_scale, out_zero_point)
+    return torch.ops.pyquant.int8_conv2d(
+        x_q,
+        _as_float_scale(op, "x_scale", x_scale),
+        _as_int_zero_point(op, "x_zero_point", x_zero_point),
+        w.data, w.col_sum, w.scale, list(w.shape[2:]), bias,
+        list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups, os_, oz, bool(relu), _kernel,
+    )
+
+
+@torch.library.register_fake("pyquant::pack_int8_weight")
+def _pack_int8_weight_fake(w_q, groups=1):
+    return (
+        w_q.new_empty((_PACKED_HEADER_BYTES + _packed_payload_bytes(tuple(w_q.shape), groups),), dtype=torch.int8),
+        w_q.new_empty((w_q.shape[0],), dtype=torch.int32),
+    )
+
+
+@torch.library.register_fake("pyquant::int8_linear")
+def _int8_linear_fake(x_q, x_scale, x_zero_point, w_packed, w_col_sum, w_scale, bias=None, out_scale=None,
+                      out_zero_point=None, relu=False, kernel="auto"):
+    dtype = torch.uint8 if out_scale is not None else torch.float32
+    return x_q.new_empty((x_q.shape[0], w_scale.shape[0]), dtype=dtype)
+
+
+@torch.library.register_fake("pyquant::int8_conv2d")
+def _int8_conv2d_fake(x_q, x_scale, x_zero_point, w_packed, w_col_sum, w_scale, kernel_size, bias=None, stride=(1, 1),
+                      padding=(0, 0), dilation=(1, 1), groups=1, out_scale=None, out_zero_point=None, relu=False,
+                      kernel="auto"):
+    kh, kw = _pair(kernel_size) if len(kernel_size) == 2 else (kernel_size[0],) * 2
+    sh, sw = _pair(stride) if len(stride) == 2 else (stride[0],) * 2
+    ph, pw = _pair(padding) if len(padding) == 2 else (padding[0],) * 2
+    dh, dw = _pair(dilation) if len(dilation) == 2 else (dilation[0],) * 2
+    n, _, h, w = x_q.shape
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    dtype = torch.uint8 if out_scale is not None else torch.float32
+    return x_q.new_empty((n, w_scale.shape[0], oh, ow), dtype=dtype).contiguous(memory_format=torch.channels_last)

@@ -17,6 +17,7 @@ from pyquant.reference.range_search import (
     grid_search_eager_chunked,
     range_search,
 )
+from pyquant.reference import int8
 from pyquant.reference.bn_stat_loss import bn_stat_loss, gdfq_bns_loss, zeroq_own_loss
 from pyquant.reference.squant import squant_round
 
@@ -36,4 +37,5 @@ __all__ = [
     "zeroq_own_loss",
     "gdfq_bns_loss",
     "squant_round",
+    "int8",
 ]

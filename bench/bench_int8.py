@@ -1,0 +1,205 @@
+"""int8 GEMM / conv benchmark: pyquant's int8_linear / int8_conv2d against torch._int_mm,
+torch.ao.nn.quantized.Linear / Conv2d on the fbgemm, x86 and onednn engines, and fp32 matmul / conv2d,
+all in the same run. Variants are interleaved round by round (the machine is shared) and the median
+round is reported. Also measures the machine's AVX-512 VNNI peak with a tight vpdpbusd loop.
+
+    PYTHONPATH=. python bench/bench_int8.py --threads 2 --out bench/results/bench_int8_t2.json
+    PYTHONPATH=. python bench/bench_int8.py --threads 1 --out bench/results/bench_int8_t1.json
+    python bench/report_int8.py bench/results/bench_int8_t2.json bench/results/bench_int8_t1.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import torch
+from tqdm import tqdm
+
+from pyquant import ops
+
+GEMM_SHAPES = {
+    # name: (M, N, K)
+    "gemm 1024^3": (1024, 1024, 1024),
+    "gemm 4096^3": (4096, 4096, 4096),
+    "resnet50 fc (b256)": (256, 1000, 2048),
+    "mobilenetv2 fc (b256)": (256, 1000, 1280),
+    "resnet conv3x3 56x56x64 as gemm (b1)": (3136, 64, 576),
+    "resnet conv3x3 14x14x256 as gemm (b1)": (196, 256, 2304),
+}
+CONV_SHAPES = {
+    # name: (N, C, H, W, OC, k, stride, pad, groups)
+    "conv3x3 32x64x56x56": (32, 64, 56, 56, 64, 3, 1, 1, 1),
+    "conv3x3 s2 32x64x56x56->128": (32, 64, 56, 56, 128, 3, 2, 1, 1),
+    "conv1x1 32x256x56x56->64": (32, 256, 56, 56, 64, 1, 1, 0, 1),
+    "dwconv3x3 32x144x56x56": (32, 144, 56, 56, 144, 3, 1, 1, 144),
+}
+
+ENGINES = [e for e in ("fbgemm", "x86", "onednn") if e in torch.backends.quantized.supported_engines]
+
+PEAK_SRC = r"""
+#include <torch/extension.h>
+#include <immintrin.h>
+#include <omp.h>
+#include <chrono>
+// vpdpbusd throughput: 24 independent accumulators (as the 6x64 micro-kernel), per thread.
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+double vnni_peak_gops(int64_t iters, int64_t threads) {
+  auto t0 = std::chrono::steady_clock::now();
+  int64_t sink = 0;
+#pragma omp parallel num_threads(threads) reduction(+:sink)
+  {
+    __m512i acc[24];
+    for (int i = 0; i < 24; ++i) acc[i] = _mm512_set1_epi32(i);
+    const __m512i a = _mm512_set1_epi32(0x01020304), b = _mm512_set1_epi32(0x01010101);
+    for (int64_t it = 0; it < iters; ++it) {
+#pragma GCC unroll 24
+      for (int i = 0; i < 24; ++i) acc[i] = _mm512_dpbusd_epi32(acc[i], a, b);
+      __asm__ volatile("" : "+v"(acc[0]), "+v"(acc[1]), "+v"(acc[2]), "+v"(acc[3]));
+    }
+    for (int i = 0; i < 24; ++i) sink += _mm512_reduce_add_epi32(acc[i]);
+  }
+  double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (sink == 42) s += 1e-12;
+  return double(iters) * 24 * 64 * 2 * threads / s / 1e9;  // 64 MACs per instruction
+}
+"""
+
+
+def vnni_peak(threads: int) -> float:
+    from torch.utils.cpp_extension import load_inline
+
+    mod = load_inline("pyq_vnni_peak", cpp_sources=PEAK_SRC, functions=["vnni_peak_gops"],
+                      extra_cflags=["-O3", "-fopenmp"], extra_ldflags=["-fopenmp"], verbose=False)
+    return statistics.median(mod.vnni_peak_gops(20_000_000, threads) for _ in range(5))
+
+
+def timed(fn, min_time: float) -> float:
+    """Seconds per call: enough calls to fill min_time."""
+    fn()
+    n, t = 1, 0.0
+    while True:
+        s = time.perf_counter()
+        for _ in range(n):
+            fn()
+        t = time.perf_counter() - s
+        if t >= min_time:
+            return t / n
+        n *= 2
+
+
+def gemm_variants(M, N, K):
+    g = torch.Generator().manual_seed(0)
+    x_f = torch.rand(M, K, generator=g)
+    w_f = torch.randn(N, K, generator=g) * 0.05
+    b = torch.randn(N, generator=g) * 0.1
+    w_scale = w_f.abs().amax(1) / 127
+    w_q = torch.round(w_f / w_scale[:, None]).clamp(-127, 127).to(torch.int8)
+    x_scale, x_zp = 1.0 / 255, 0
+    x_q = torch.round(x_f / x_scale).clamp(0, 255).to(torch.uint8)
+    out_scale, out_zp = 0.05, 128
+    packed = ops.pack_int8_weight(w_q, w_scale)
+    v = {
+        "pyquant u8 out": lambda: ops.int8_linear(x_q, x_scale, x_zp, packed, b, out_scale, out_zp),
+        "pyquant f32 out": lambda: ops.int8_linear(x_q, x_scale, x_zp, packed, b),
+    }
+    a_s8 = (x_q.to(torch.int16) - 128).to(torch.int8)
+    w_t = w_q.t()  # [K, N], the column-major layout _int_mm's CPU path prefers
+    v["torch._int_mm (int32 out)"] = lambda: torch._int_mm(a_s8, w_t)
+    qx = torch.quantize_per_tensor(x_f, x_scale, x_zp, torch.quint8)
+    qw = torch.quantize_per_channel(w_f, w_scale, torch.zeros(N, dtype=torch.long), 0, torch.qint8)
+    for eng in ENGINES:
+        torch.backends.quantized.engine = eng
+        lin = torch.ao.nn.quantized.Linear(K, N)
+        lin.set_weight_bias(qw, b)
+        lin.scale, lin.zero_point = out_scale, out_zp
+
+        def run(lin=lin, eng=eng):
+            torch.backends.quantized.engine = eng
+            return lin(qx)
+
+        v[f"ao Linear {eng}"] = run
+    v["fp32 matmul"] = lambda: torch.nn.functional.linear(x_f, w_f, b)
+    return v, 2.0 * M * N * K
+
+
+def conv_variants(n, c, h, w, oc, k, stride, pad, groups):
+    g = torch.Generator().manual_seed(0)
+    x_f = torch.rand(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+    w_f = torch.randn(oc, c // groups, k, k, generator=g) * 0.05
+    b = torch.randn(oc, generator=g) * 0.1
+    w_scale = w_f.abs().amax((1, 2, 3)) / 127
+    w_q = torch.round(w_f / w_scale[:, None, None, None]).clamp(-127, 127).to(torch.int8)
+    x_scale, x_zp = 1.0 / 255, 0
+    x_q = torch.round(x_f / x_scale).clamp(0, 255).to(torch.uint8).contiguous(memory_format=torch.channels_last)
+    out_scale, out_zp = 0.05, 128
+    packed = ops.pack_int8_weight(w_q, w_scale, groups=groups)
+    v = {
+        "pyquant u8 out": lambda: ops.int8_conv2d(x_q, x_scale, x_zp, packed, b, stride, pad, 1, groups, out_scale,
+                                                  out_zp),
+        "pyquant f32 out": lambda: ops.int8_conv2d(x_q, x_scale, x_zp, packed, b, stride, pad, 1, groups),
+    }
+    qx = torch.quantize_per_tensor(x_f, x_scale, x_zp, torch.quint8)
+    qw = torch.quantize_per_channel(w_f, w_scale, torch.zeros(oc, dtype=torch.long), 0, torch.qint8)
+    for eng in ENGINES:
+        torch.backends.quantized.engine = eng
+        conv = torch.ao.nn.quantized.Conv2d(c, oc, k, stride, pad, groups=groups)
+        conv.set_weight_bias(qw, b)
+        conv.scale, conv.zero_point = out_scale, out_zp
+
+        def run(conv=conv, eng=eng):
+            torch.backends.quantized.engine = eng
+            return conv(qx)
+
+        v[f"ao Conv2d {eng} (channels_last)"] = run
+    v["fp32 conv2d (channels_last)"] = lambda: torch.nn.functional.conv2d(x_f, w_f, b, stride, pad, 1, groups)
+    oh = (h + 2 * pad - k) // stride + 1
+    ow = (w + 2 * pad - k) // stride + 1
+    return v, 2.0 * n * oh * ow * oc * (c // groups) * k * k
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("PYQ_BENCH_THREADS", "2")))
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--min-time", type=float, default=0.05, help="seconds per variant per round")
+    ap.add_argument("--only", default="", help="substring filter on shape names")
+    ap.add_argument("--skip-4096", action="store_true")
+    ap.add_argument("--out", default="bench/results/bench_int8.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    cases = [(name, gemm_variants, s) for name, s in GEMM_SHAPES.items()]
+    cases += [(name, conv_variants, s) for name, s in CONV_SHAPES.items()]
+    cases = [c for c in cases if args.only in c[0] and not (args.skip_4096 and "4096" in c[0])]
+    result = {
+        "threads": args.threads,
+        "rounds": args.rounds,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "engines": ENGINES,
+        "vnni_peak_gops": vnni_peak(args.threads),
+        "cases": {},
+    }
+    print(f"VNNI peak ({args.threads} threads): {result['vnni_peak_gops']:.0f} GOP/s")
+    for name, make, shape in tqdm(cases, desc="shapes"):
+        variants, ops_count = make(*shape)
+        times = {k: [] for k in variants}
+        for _ in range(args.rounds):
+            for k, fn in variants.items():
+                times[k].append(timed(fn, args.min_time))
+        med = {k: statistics.median(t) for k, t in times.items()}
+        result["cases"][name] = {"shape": shape, "ops": ops_count, "median_s": med, "rounds_s": times}
+        best = min(v for k, v in med.items() if not k.startswith("pyquant"))
+        tqdm.write(f"{name}: pyquant u8 {ops_count / med['pyquant u8 out'] / 1e9:.0f} GOP/s, "
+                   f"best baseline {ops_count / best / 1e9:.0f} GOP/s, ratio {best / med['pyquant u8 out']:.2f}x")
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

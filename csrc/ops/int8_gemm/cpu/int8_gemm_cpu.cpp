@@ -1,0 +1,440 @@
+// CPU implementation of pack_int8_weight, int8_linear and int8_conv2d.
+//
+// GEMM driver: the output is cut into tasks of (group, block of kMBlockStrips strips of 6 rows, chunk
+// of 64-column panels); at::parallel_for runs the tasks. Each task packs its activation rows once into
+// a thread-local, cache-resident buffer ([K4][6][4] per strip; conv rows are gathered im2col-style
+// straight into it, with the zero-point standing in for padding), then runs the micro-kernel over
+// panels (outer) and strips (inner), so one weight panel stays hot in L1/L2 while it is reused. The
+// micro-kernel keeps its int32 accumulators in registers for the whole K and applies the epilogue
+// (zero-point term, scales, bias, ReLU, requantization) before anything is written.
+// On CPUs with AMX-INT8 (and M >= 16) run_gemm_amx does the same with 32 x 32 tile blocks: activations
+// are packed row-major, the weight panels are read as AMX B tiles in place.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "../int8_gemm.h"
+#include "int8_gemm_kernels.h"
+#include "ops/fake_quant/fake_quant.h"
+#include "pyquant/requantize.h"
+
+namespace pyquant::ops {
+namespace {
+
+using at::Tensor;
+namespace k8 = cpu::int8;
+
+constexpr int64_t kMBlockStrips = 16;  // 96 rows of activations per task
+
+// ------------------------------------------------------------------------------------------- packing
+
+std::tuple<Tensor, Tensor> pack_int8_weight_cpu(const Tensor& w_q, int64_t groups) {
+  constexpr const char* op = "pack_int8_weight";
+  TORCH_CHECK_TYPE(w_q.scalar_type() == at::kChar, op, ": w_q must be int8 (symmetric quantized weights), got ",
+                   w_q.scalar_type());
+  TORCH_CHECK_VALUE(w_q.dim() == 2 || w_q.dim() == 4, op,
+                    ": w_q must be 2-d [out, in] (linear) or 4-d [out, in / groups, kh, kw] (conv), got shape ",
+                    w_q.sizes());
+  TORCH_CHECK_VALUE(groups >= 1, op, ": groups must be >= 1, got ", groups);
+  TORCH_CHECK_VALUE(w_q.numel() > 0, op, ": w_q is empty");
+  const Tensor w = w_q.dim() == 2 ? w_q.contiguous() : w_q.permute({0, 2, 3, 1}).contiguous();  // [N][kh][kw][ci]
+  PackedHeader h{};
+  h.magic = kPackedMagic;
+  h.n = static_cast<int32_t>(w_q.size(0));
+  h.groups = static_cast<int32_t>(groups);
+  h.kh = w_q.dim() == 4 ? static_cast<int32_t>(w_q.size(2)) : 1;
+  h.kw = w_q.dim() == 4 ? static_cast<int32_t>(w_q.size(3)) : 1;
+  h.cin_per_group = static_cast<int32_t>(w_q.size(1));
+  TORCH_CHECK_VALUE(w_q.dim() == 4 || groups == 1, op, ": groups must be 1 for a linear (2-d) weight");
+  TORCH_CHECK_VALUE(h.n % groups == 0, op, ": groups=", groups, " must divide the output channels ", h.n);
+  const int64_t K = w.numel() / h.n;
+  TORCH_CHECK_VALUE(K <= kInt8MaxReduction, op, ": the reduction length ", K, " exceeds ", kInt8MaxReduction,
+                    " (int32 accumulation could overflow)");
+  h.k = static_cast<int32_t>(K);
+  const bool depthwise = w_q.dim() == 4 && groups > 1 && groups == h.n && h.cin_per_group == 1;
+  h.kind = static_cast<int32_t>(depthwise ? PackedKind::kDepthwise : PackedKind::kGemm);
+
+  Tensor packed = at::zeros({kPackedHeaderBytes + packed_payload_bytes(h)}, w_q.options().dtype(at::kChar));
+  int8_t* base = packed.mutable_data_ptr<int8_t>();
+  std::memcpy(base, &h, sizeof(h));
+  int8_t* payload = base + kPackedHeaderBytes;
+  const int8_t* src = w.const_data_ptr<int8_t>();
+  Tensor col_sum = at::empty({h.n}, w_q.options().dtype(at::kInt));
+  int32_t* cs = col_sum.mutable_data_ptr<int32_t>();
+  for (int64_t n = 0; n < h.n; ++n) {
+    int32_t s = 0;
+    for (int64_t k = 0; k < K; ++k) s += src[n * K + k];
+    cs[n] = s;
+  }
+  if (depthwise) {
+    const int64_t c_pad = (int64_t{h.n} + 63) / 64 * 64;
+    for (int64_t c = 0; c < h.n; ++c)
+      for (int64_t t = 0; t < K; ++t) payload[t * c_pad + c] = src[c * K + t];
+  } else {
+    const int64_t npg = h.n / groups;
+    const int64_t panels = k8::num_panels(npg);
+    const int64_t pbytes = k8::panel_bytes(K);
+    at::parallel_for(0, groups * panels, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t gp = begin; gp < end; ++gp) {
+        const int64_t g = gp / panels, p = gp % panels;
+        int8_t* dst = payload + gp * pbytes;
+        const int64_t cols = std::min<int64_t>(k8::kNr, npg - p * k8::kNr);
+        for (int64_t j = 0; j < cols; ++j) {
+          const int8_t* row = src + (g * npg + p * k8::kNr + j) * K;
+          for (int64_t k = 0; k < K; ++k) dst[((k / 4) * k8::kNr + j) * 4 + k % 4] = row[k];
+        }
+      }
+    });
+  }
+  return {packed, col_sum};
+}
+
+// ----------------------------------------------------------------------------------------- dispatch
+
+// The AMX path is taken for kernel="amx", and by "auto" when the CPU has AMX and M fills its tiles.
+constexpr int64_t kAmxMinRows = 16;
+bool use_amx(const char* op, Int8Kernel kernel, int64_t M) {
+  if (kernel == Int8Kernel::kAmx) {
+    TORCH_CHECK_VALUE(k8::cpu_has_amx(), op, ": kernel='amx' needs AMX-INT8 (and the OS permission), which this CPU lacks");
+    return true;
+  }
+  return kernel == Int8Kernel::kAuto && M >= kAmxMinRows && k8::cpu_has_amx();
+}
+
+k8::StripPanelFn choose_gemm(const char* op, Int8Kernel kernel) {
+  switch (kernel) {
+    case Int8Kernel::kAmx:
+    case Int8Kernel::kVnni:
+      TORCH_CHECK_VALUE(k8::cpu_has_vnni(), op, ": kernel='vnni' needs AVX-512 VNNI, which this CPU lacks");
+      return k8::strip_panel_vnni;
+    case Int8Kernel::kAvx2:
+      TORCH_CHECK_VALUE(k8::cpu_has_avx2(), op, ": kernel='avx2' needs AVX2, which this CPU lacks");
+      return k8::strip_panel_avx2;
+    case Int8Kernel::kScalar:
+      return k8::strip_panel_scalar;
+    default:
+      if (k8::cpu_has_vnni()) return k8::strip_panel_vnni;
+      if (k8::cpu_has_avx2()) return k8::strip_panel_avx2;
+      return k8::strip_panel_scalar;
+  }
+}
+
+// Per-column epilogue arrays for all N columns, padded by one panel so 64 columns can always be read.
+struct EpilogueArrays {
+  std::vector<int32_t> zero_point_term;
+  std::vector<float> multiplier;
+  std::vector<float> bias;
+};
+
+EpilogueArrays epilogue_arrays(const Int8Epilogue& ep, const Tensor& w_col_sum, const Tensor& w_scale,
+                               const std::optional<Tensor>& bias, int64_t n, bool with_zero_point_term) {
+  EpilogueArrays a;
+  a.zero_point_term.assign(n + k8::kNr, 0);
+  a.multiplier.assign(n + k8::kNr, 0.0f);
+  a.bias.assign(n + k8::kNr, 0.0f);
+  const Tensor cs = w_col_sum.contiguous();
+  const Tensor ws = w_scale.contiguous();
+  const int32_t* csp = cs.const_data_ptr<int32_t>();
+  const float* wsp = ws.const_data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK_VALUE(std::isfinite(wsp[i]) && wsp[i] > 0.0f, "w_scale must be finite and > 0, got ", wsp[i],
+                      " at ", i);
+    if (with_zero_point_term) a.zero_point_term[i] = int8_zero_point_term(ep.x_zero_point, csp[i]);
+    a.multiplier[i] = int8_multiplier(ep.x_scale, wsp[i]);
+  }
+  if (bias.has_value()) {
+    const Tensor b = bias->contiguous();
+    std::copy_n(b.const_data_ptr<float>(), n, a.bias.begin());
+  }
+  return a;
+}
+
+k8::Epilogue make_epilogue(const Int8Epilogue& ep, const EpilogueArrays& arr, const Tensor& out) {
+  k8::Epilogue e{};
+  e.zero_point_term = arr.zero_point_term.data();
+  e.multiplier = arr.multiplier.data();
+  e.bias = arr.bias.data();
+  e.relu = ep.relu;
+  e.requantize = ep.requantize;
+  e.inv_out_scale = ep.inv_out_scale;
+  e.out_zero_point = ep.out_zero_point;
+  if (ep.requantize) {
+    e.out_u8 = out.mutable_data_ptr<uint8_t>();
+  } else {
+    e.out_f = out.mutable_data_ptr<float>();
+  }
+  return e;
+}
+
+k8::Epilogue offset_epilogue(const k8::Epilogue& e, int64_t row, int64_t col) {
+  k8::Epilogue o = e;
+  o.zero_point_term += col;
+  o.multiplier += col;
+  o.bias += col;
+  if (e.requantize) {
+    o.out_u8 += row * e.ld_out + col;
+  } else {
+    o.out_f += row * e.ld_out + col;
+  }
+  return o;
+}
+
+// Row source: returns a pointer to the K activation bytes of row m of group g (may fill `scratch`).
+template <typename RowFn>
+void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* payload, const k8::Epilogue& e,
+              k8::StripPanelFn fn, const RowFn& row_of) {
+  const int64_t k4 = k8::k_groups(K);
+  const int64_t strips = (M + k8::kMr - 1) / k8::kMr;
+  const int64_t panels = k8::num_panels(npg);
+  const int64_t pbytes = k8::panel_bytes(K);
+  const int64_t sbytes = k8::strip_bytes(K);
+  const int64_t threads = at::get_num_threads();
+  int64_t block = kMBlockStrips;
+  // Small M: shrink the row blocks so every thread gets work.
+  while (block > 1 && groups * ((strips + block - 1) / block) * panels < 2 * threads) block /= 2;
+  const int64_t m_blocks = (strips + block - 1) / block;
+  int64_t n_chunks = 1;
+  if (groups * m_blocks < 2 * threads) {
+    n_chunks = std::min<int64_t>(panels, (2 * threads + groups * m_blocks - 1) / (groups * m_blocks));
+  }
+  const int64_t panels_per_chunk = (panels + n_chunks - 1) / n_chunks;
+  const int64_t tasks = groups * m_blocks * n_chunks;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> a_buf(static_cast<size_t>(block * sbytes));
+    std::vector<uint8_t> scratch(static_cast<size_t>(k4 * 4), 0);
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t g = t / (m_blocks * n_chunks);
+      const int64_t mb = (t / n_chunks) % m_blocks;
+      const int64_t nc = t % n_chunks;
+      const int64_t s0 = mb * block;
+      const int64_t s1 = std::min(strips, s0 + block);
+      // Pack the block's rows: [strip][K4][6][4], zero rows and zero K tail.
+      for (int64_t s = s0; s < s1; ++s) {
+        uint8_t* dst = a_buf.data() + (s - s0) * sbytes;
+        for (int r = 0; r < k8::kMr; ++r) {
+          const int64_t m = s * k8::kMr + r;
+          if (m >= M) {
+            for (int64_t q = 0; q < k4; ++q) std::memset(dst + (q * k8::kMr + r) * 4, 0, 4);
+            continue;
+          }
+          const uint8_t* row = row_of(g, m, scratch.data());
+          const int64_t full = K / 4;
+          for (int64_t q = 0; q < full; ++q) std::memcpy(dst + (q * k8::kMr + r) * 4, row + q * 4, 4);
+          if (full < k4) {
+            uint8_t tail[4] = {0, 0, 0, 0};
+            for (int64_t j = full * 4; j < K; ++j) tail[j - full * 4] = row[j];
+            std::memcpy(dst + (full * k8::kMr + r) * 4, tail, 4);
+          }
+        }
+      }
+      const int64_t p0 = nc * panels_per_chunk;
+      const int64_t p1 = std::min(panels, p0 + panels_per_chunk);
+      for (int64_t p = p0; p < p1; ++p) {
+        const int8_t* b = payload + (g * panels + p) * pbytes;
+        const int cols = static_cast<int>(std::min<int64_t>(k8::kNr, npg - p * k8::kNr));
+        for (int64_t s = s0; s < s1; ++s) {
+          const int rows = static_cast<int>(std::min<int64_t>(k8::kMr, M - s * k8::kMr));
+          const k8::Epilogue es = offset_epilogue(e, s * k8::kMr, g * npg + p * k8::kNr);
+          fn(a_buf.data() + (s - s0) * sbytes, b, k4, rows, cols, es);
+        }
+      }
+    }
+  });
+}
+
+// The AMX variant of run_gemm: activation rows are packed row-major ([rows][K rounded up to 64]) in
+// blocks of kAmxBlocks x 32 rows; each 32-row x 64-column panel is computed as two 32 x 32 tile blocks.
+constexpr int64_t kAmxBlocks = 4;
+template <typename RowFn>
+void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* payload, const k8::Epilogue& e,
+                  const RowFn& row_of) {
+  const int64_t lda = k8::amx_lda(K);
+  const int64_t ksteps = lda / 64;
+  const int64_t row_blocks = (M + k8::kAmxRows - 1) / k8::kAmxRows;
+  const int64_t panels = k8::num_panels(npg);
+  const int64_t pbytes = k8::panel_bytes(K);
+  const int64_t threads = at::get_num_threads();
+  int64_t block = kAmxBlocks;
+  while (block > 1 && groups * ((row_blocks + block - 1) / block) * panels < 2 * threads) block /= 2;
+  const int64_t m_blocks = (row_blocks + block - 1) / block;
+  int64_t n_chunks = 1;
+  if (groups * m_blocks < 2 * threads) {
+    n_chunks = std::min<int64_t>(panels, (2 * threads + groups * m_blocks - 1) / (groups * m_blocks));
+  }
+  const int64_t panels_per_chunk = (panels + n_chunks - 1) / n_chunks;
+  const int64_t tasks = groups * m_blocks * n_chunks;
+  at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint8_t> a_buf(static_cast<size_t>(block * k8::kAmxRows * lda));
+    std::vector<uint8_t> scratch(static_cast<size_t>(lda), 0);
+    k8::amx_begin();
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t g = t / (m_blocks * n_chunks);
+      const int64_t mb = (t / n_chunks) % m_blocks;
+      const int64_t nc = t % n_chunks;
+      const int64_t m0 = mb * block * k8::kAmxRows;
+      const int64_t m1 = std::min(M, m0 + block * k8::kAmxRows);
+      const int64_t padded_rows = (m1 - m0 + k8::kAmxRows - 1) / k8::kAmxRows * k8::kAmxRows;
+      for (int64_t i = 0; i < padded_rows; ++i) {
+        uint8_t* dst = a_buf.data() + i * lda;
+        if (m0 + i < M) {
+          std::memcpy(dst, row_of(g, m0 + i, scratch.data()), K);
+          std::memset(dst + K, 0, lda - K);
+        } else {
+          std::memset(dst, 0, lda);
+        }
+      }
+      const int64_t p0 = nc * panels_per_chunk;
+      const int64_t p1 = std::min(panels, p0 + panels_per_chunk);
+      for (int64_t p = p0; p < p1; ++p) {
+        const int8_t* b = payload + (g * panels + p) * pbytes;
+        const int cols = static_cast<int>(std::min<int64_t>(k8::kNr, npg - p * k8::kNr));
+        for (int64_t r0 = m0; r0 < m1; r0 += k8::kAmxRows) {
+          const int rows = static_cast<int>(std::min<int64_t>(k8::kAmxRows, M - r0));
+          const k8::Epilogue es = offset_epilogue(e, r0, g * npg + p * k8::kNr);
+          for (int half = 0; half < cols; half += 32) {
+            k8::block_amx(a_buf.data() + (r0 - m0) * lda, lda, b, ksteps, rows, half, std::min(32, cols - half), es);
+          }
+        }
+      }
+    }
+    k8::amx_end();
+  });
+}
+
+// Runs the GEMM on the chosen path.
+template <typename RowFn>
+void dispatch_gemm(const char* op, Int8Kernel which, int64_t M, int64_t npg, int64_t K, int64_t groups,
+                   const int8_t* payload, const k8::Epilogue& e, const RowFn& row_of) {
+  if (use_amx(op, which, M)) {
+    run_gemm_amx(M, npg, K, groups, payload, e, row_of);
+  } else {
+    run_gemm(M, npg, K, groups, payload, e, choose_gemm(op, which), row_of);
+  }
+}
+
+// ------------------------------------------------------------------------------------------- linear
+
+Tensor int8_linear_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, const Tensor& w_packed,
+                       const Tensor& w_col_sum, const Tensor& w_scale, const std::optional<Tensor>& bias,
+                       std::optional<double> out_scale, std::optional<int64_t> out_zero_point, bool relu,
+                       c10::string_view kernel) {
+  constexpr const char* op = "int8_linear";
+  const PackedHeader h = read_packed_header(op, w_packed);
+  TORCH_CHECK_VALUE(h.kind == static_cast<int32_t>(PackedKind::kGemm) && h.groups == 1 && h.kh == 1 && h.kw == 1,
+                    op, ": w_packed was packed from a conv weight; pack a 2-d [out, in] weight for int8_linear");
+  const Int8Epilogue ep =
+      check_int8_epilogue(op, x_q, x_scale, x_zero_point, w_col_sum, w_scale, bias, out_scale, out_zero_point, relu, h.n);
+  TORCH_CHECK_VALUE(x_q.dim() == 2, op, ": x_q must be 2-d [M, K], got shape ", x_q.sizes());
+  TORCH_CHECK_VALUE(x_q.size(1) == h.k, op, ": x_q has K=", x_q.size(1), " features but the weight was packed for K=",
+                    h.k);
+  const Int8Kernel which = parse_int8_kernel(op, kernel);
+  (void)choose_gemm(op, which);  // validates the requested path up front
+  const Tensor x = x_q.contiguous();
+  const int64_t M = x.size(0), K = h.k, N = h.n;
+  Tensor out = empty_output_like(at::empty({M, N}, x.options().dtype(ep.requantize ? at::kByte : at::kFloat)));
+  if (M == 0) return out;
+  const EpilogueArrays arr = epilogue_arrays(ep, w_col_sum, w_scale, bias, N, true);
+  k8::Epilogue e = make_epilogue(ep, arr, out);
+  e.ld_out = N;
+  const uint8_t* xp = x.const_data_ptr<uint8_t>();
+  const int8_t* payload = w_packed.const_data_ptr<int8_t>() + kPackedHeaderBytes;
+  dispatch_gemm(op, which, M, N, K, 1, payload, e, [&](int64_t, int64_t m, uint8_t*) { return xp + m * K; });
+  return out;
+}
+
+// --------------------------------------------------------------------------------------------- conv
+
+Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, const Tensor& w_packed,
+                       const Tensor& w_col_sum, const Tensor& w_scale, at::IntArrayRef kernel_size,
+                       const std::optional<Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
+                       at::IntArrayRef dilation, int64_t groups, std::optional<double> out_scale,
+                       std::optional<int64_t> out_zero_point, bool relu, c10::string_view kernel) {
+  constexpr const char* op = "int8_conv2d";
+  const PackedHeader h = read_packed_header(op, w_packed);
+  const Int8Epilogue ep =
+      check_int8_epilogue(op, x_q, x_scale, x_zero_point, w_col_sum, w_scale, bias, out_scale, out_zero_point, relu, h.n);
+  const ConvGeometry g = conv_geometry(op, x_q, kernel_size, stride, padding, dilation, groups, h.n);
+  TORCH_CHECK_VALUE(h.groups == groups && h.kh == g.kh && h.kw == g.kw && h.cin_per_group * groups == g.c_in, op,
+                    ": w_packed was packed for groups=", h.groups, ", kernel ", h.kh, "x", h.kw, ", ",
+                    int64_t{h.cin_per_group} * h.groups, " input channels; the call has groups=", groups, ", kernel ",
+                    g.kh, "x", g.kw, ", x_q with ", g.c_in, " channels");
+  const Int8Kernel which = parse_int8_kernel(op, kernel);
+  const k8::StripPanelFn fn = choose_gemm(op, which);
+  // NHWC in memory; the output is NHWC too (channels_last strides, logical NCHW shape).
+  const Tensor x = x_q.contiguous(at::MemoryFormat::ChannelsLast);
+  Tensor out = empty_output_like(at::empty({g.batch, g.c_out, g.oh, g.ow},
+                                           x.options().dtype(ep.requantize ? at::kByte : at::kFloat),
+                                           at::MemoryFormat::ChannelsLast));
+  if (out.numel() == 0) return out;
+  const bool depthwise = h.kind == static_cast<int32_t>(PackedKind::kDepthwise);
+  const EpilogueArrays arr = epilogue_arrays(ep, w_col_sum, w_scale, bias, g.c_out, !depthwise);
+  k8::Epilogue e = make_epilogue(ep, arr, out);
+  e.ld_out = g.c_out;
+  const uint8_t* xp = x.const_data_ptr<uint8_t>();
+  const int8_t* payload = w_packed.const_data_ptr<int8_t>() + kPackedHeaderBytes;
+
+  if (depthwise) {
+    const k8::DepthwiseRowFn dw =
+        fn == k8::strip_panel_vnni ? k8::depthwise_row_avx512 : k8::depthwise_row_scalar;
+    k8::DepthwiseArgs a{};
+    a.w = payload;
+    a.H = g.h, a.W = g.w, a.C = g.c_in, a.C_pad = (g.c_in + 63) / 64 * 64, a.KH = g.kh, a.KW = g.kw, a.OW = g.ow;
+    a.stride_h = g.stride[0], a.stride_w = g.stride[1], a.pad_h = g.padding[0], a.pad_w = g.padding[1];
+    a.dil_h = g.dilation[0], a.dil_w = g.dilation[1];
+    a.x_zero_point = ep.x_zero_point;
+    at::parallel_for(0, g.batch * g.oh, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t n = r / g.oh, oh = r % g.oh;
+        k8::DepthwiseArgs an = a;
+        an.x = xp + n * g.h * g.w * g.c_in;
+        dw(an, oh, offset_epilogue(e, r * g.ow, 0));
+      }
+    });
+    return out;
+  }
+
+  const int64_t M = g.batch * g.oh * g.ow;
+  const int64_t cin_g = g.c_in / groups;
+  const int64_t npg = g.c_out / groups;
+  const int64_t K = h.k;
+  const bool pointwise = g.kh == 1 && g.kw == 1 && g.stride[0] == 1 && g.stride[1] == 1 && g.padding[0] == 0 &&
+                         g.padding[1] == 0 && groups == 1;
+  if (pointwise) {
+    dispatch_gemm(op, which, M, npg, K, 1, payload, e, [&](int64_t, int64_t m, uint8_t*) { return xp + m * g.c_in; });
+    return out;
+  }
+  const uint8_t zx = static_cast<uint8_t>(ep.x_zero_point);
+  dispatch_gemm(op, which, M, npg, K, groups, payload, e, [&](int64_t grp, int64_t m, uint8_t* scratch) -> const uint8_t* {
+    const int64_t ow = m % g.ow;
+    const int64_t oh = (m / g.ow) % g.oh;
+    const int64_t n = m / (g.ow * g.oh);
+    uint8_t* dst = scratch;
+    for (int64_t kh = 0; kh < g.kh; ++kh) {
+      const int64_t ih = oh * g.stride[0] - g.padding[0] + kh * g.dilation[0];
+      for (int64_t kw = 0; kw < g.kw; ++kw, dst += cin_g) {
+        const int64_t iw = ow * g.stride[1] - g.padding[1] + kw * g.dilation[1];
+        if (ih < 0 || ih >= g.h || iw < 0 || iw >= g.w) {
+          std::memset(dst, zx, cin_g);
+        } else {
+          std::memcpy(dst, xp + ((n * g.h + ih) * g.w + iw) * g.c_in + grp * cin_g, cin_g);
+        }
+      }
+    }
+    return scratch;
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pyquant, CPU, m) {
+  m.impl("pack_int8_weight", &pack_int8_weight_cpu);
+  m.impl("int8_linear", &int8_linear_cpu);
+  m.impl("int8_conv2d", &int8_conv2d_cpu);
+}
+
+}  // namespace pyquant::ops

@@ -1,0 +1,79 @@
+#pragma once
+// Micro-kernels of the int8 GEMM (int8_linear, int8_conv2d) and the depthwise conv. Plain C++ with
+// no torch headers: int8_gemm_x86.cpp compiles its functions with per-function target attributes
+// (AVX-512 VNNI, AVX2), chosen at run time, so the same binary runs on any x86-64.
+//
+// Packed layouts (all zero-padded):
+//   B (weights, per group): panels of kNr = 64 output columns; panel p holds [K4][64][4] int8, where
+//     K4 = ceil(K / 4) and element (n, k) sits at p = n / 64, ((k / 4) * 64 + n % 64) * 4 + k % 4.
+//     vpdpbusd multiplies 4 consecutive k of one column with 4 broadcast activation bytes.
+//     K4 is padded to a multiple of 16 with zeros (AMX tiles read 16 groups at a time).
+//   A (activations, per tile): strips of kMr = 6 rows; strip s holds [K4][6][4] uint8, element (m, k)
+//     at ((k / 4) * 6 + m % 6) * 4 + k % 4.
+//   Depthwise weights: [taps][C_pad] int8 with C_pad = round_up(C, 64).
+#include <cstdint>
+
+namespace pyquant::cpu::int8 {
+
+constexpr int kNr = 64;
+constexpr int kMr = 6;
+
+inline int64_t k_groups(int64_t K) { return (K + 3) / 4; }
+// K4 is padded to a multiple of 16 (64 values of K): an AMX B tile covers 16 groups of 4.
+inline int64_t panel_bytes(int64_t K) { return (k_groups(K) + 15) / 16 * 16 * kNr * 4; }
+inline int64_t num_panels(int64_t N) { return (N + kNr - 1) / kNr; }
+inline int64_t strip_bytes(int64_t K) { return k_groups(K) * kMr * 4; }
+
+// Per-column epilogue constants of one output tile (pointers already offset to the tile's first
+// column; arrays padded so that 64 columns can always be read) and the output.
+struct Epilogue {
+  const int32_t* zero_point_term;  // zx * col_sum[n]
+  const float* multiplier;         // sx * sw[n]
+  const float* bias;               // bias[n] (zeros when absent)
+  bool relu;
+  bool requantize;  // uint8 output
+  float inv_out_scale;
+  float out_zero_point;
+  float* out_f;      // float output at (row 0, column 0) of the tile
+  uint8_t* out_u8;   // uint8 output at (row 0, column 0) of the tile
+  int64_t ld_out;    // row stride of the output in elements
+};
+
+// One strip (up to kMr valid rows) times one panel (up to kNr valid columns), full K, with the epilogue.
+using StripPanelFn = void (*)(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows, int cols,
+                              const Epilogue& e);
+
+void strip_panel_scalar(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows, int cols,
+                        const Epilogue& e);
+void strip_panel_avx2(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows, int cols,
+                      const Epilogue& e);
+void strip_panel_vnni(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows, int cols,
+                      const Epilogue& e);
+
+// AMX (Sapphire Rapids+): A is row-major [rows][lda] with lda = K rounded up to 64 (zero padded);
+// computes rows x cols (<= 32 x 32) starting at column col0 (0 or 32) of the panel with 2x2 tiles.
+constexpr int kAmxRows = 32;
+inline int64_t amx_lda(int64_t K) { return (K + 63) / 64 * 64; }
+void block_amx(const uint8_t* a, int64_t lda, const int8_t* b_panel, int64_t ksteps, int rows, int col0, int cols,
+               const Epilogue& e);
+// Loads the tile configuration on the calling thread (once per parallel task chunk) / releases it.
+void amx_begin();
+void amx_end();
+bool cpu_has_amx();
+
+// Depthwise conv, one output row (n, oh) over all ow and channels; NHWC input and output.
+struct DepthwiseArgs {
+  const uint8_t* x;  // input image n, [H][W][C]
+  const int8_t* w;   // [KH*KW][C_pad]
+  int64_t H, W, C, C_pad, KH, KW, OW;
+  int64_t stride_h, stride_w, pad_h, pad_w, dil_h, dil_w;
+  int32_t x_zero_point;
+};
+using DepthwiseRowFn = void (*)(const DepthwiseArgs& a, int64_t oh, const Epilogue& e);
+void depthwise_row_scalar(const DepthwiseArgs& a, int64_t oh, const Epilogue& e);
+void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, const Epilogue& e);
+
+bool cpu_has_vnni();
+bool cpu_has_avx2();
+
+}  // namespace pyquant::cpu::int8

@@ -1,0 +1,338 @@
+// Micro-kernels of the int8 GEMM and depthwise conv: a portable scalar path (the test oracle), an
+// AVX2 path for machines without VNNI, an AVX-512 VNNI path and an AMX-INT8 tile path (Sapphire Rapids+). The vector functions carry their own
+// target attributes and include no torch headers, so nothing compiled here for AVX-512 can leak into
+// code that runs on older CPUs; the caller picks one with cpu_has_vnni() / cpu_has_avx2().
+#include <cstring>
+
+// GCC 12 reports false "maybe uninitialized" warnings inside its own AVX-512 intrinsic headers.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include "int8_gemm_kernels.h"
+#include "pyquant/requantize.h"
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#include <immintrin.h>
+#if defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+#define PYQ_INT8_X86 1
+#define PYQ_TARGET_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+#define PYQ_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#endif
+
+namespace pyquant::cpu::int8 {
+namespace {
+
+// The scalar epilogue of one accumulator (requantize.h), used by the scalar and AVX2 paths.
+inline void store_one(const Epilogue& e, int r, int c, int32_t raw_dot) {
+  const int32_t acc = raw_dot - e.zero_point_term[c];
+  const float y = int8_dequant_acc(acc, e.multiplier[c], e.bias[c], e.relu);
+  if (e.requantize) {
+    e.out_u8[r * e.ld_out + c] = int8_requantize(y, e.inv_out_scale, e.out_zero_point);
+  } else {
+    e.out_f[r * e.ld_out + c] = y;
+  }
+}
+
+}  // namespace
+
+void strip_panel_scalar(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows, int cols,
+                        const Epilogue& e) {
+  for (int r = 0; r < rows; ++r) {
+    for (int c = 0; c < cols; ++c) {
+      int32_t dot = 0;
+      for (int64_t g = 0; g < k4; ++g) {
+        const uint8_t* a = a_strip + (g * kMr + r) * 4;
+        const int8_t* b = b_panel + (g * kNr + c) * 4;
+        for (int j = 0; j < 4; ++j) dot += static_cast<int32_t>(a[j]) * static_cast<int32_t>(b[j]);
+      }
+      store_one(e, r, c, dot);
+    }
+  }
+}
+
+void depthwise_row_scalar(const DepthwiseArgs& a, int64_t oh, const Epilogue& e) {
+  for (int64_t ow = 0; ow < a.OW; ++ow) {
+    for (int64_t c = 0; c < a.C; ++c) {
+      int32_t acc = 0;
+      for (int64_t kh = 0; kh < a.KH; ++kh) {
+        const int64_t ih = oh * a.stride_h - a.pad_h + kh * a.dil_h;
+        if (ih < 0 || ih >= a.H) continue;
+        for (int64_t kw = 0; kw < a.KW; ++kw) {
+          const int64_t iw = ow * a.stride_w - a.pad_w + kw * a.dil_w;
+          if (iw < 0 || iw >= a.W) continue;
+          const int32_t xv = static_cast<int32_t>(a.x[(ih * a.W + iw) * a.C + c]) - a.x_zero_point;
+          acc += xv * static_cast<int32_t>(a.w[(kh * a.KW + kw) * a.C_pad + c]);
+        }
+      }
+      store_one(e, static_cast<int>(ow), static_cast<int>(c), acc);
+    }
+  }
+}
+
+#ifdef PYQ_INT8_X86
+
+bool cpu_has_vnni() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vnni");
+}
+bool cpu_has_avx2() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+
+// ----------------------------------------------------------------------------------------------- AVX2
+// vpmaddubsw saturates its pair sums to int16 (255 * 127 * 2 > 32767), so instead both operands are
+// widened to int16 and multiplied with vpmaddwd (exact int32 pair sums). One ymm accumulator holds 4
+// columns x 2 partial sums; they are folded with vphaddd at the end. Row pairs x 16-column blocks.
+PYQ_TARGET_AVX2 void strip_panel_avx2(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows,
+                                      int cols, const Epilogue& e) {
+  alignas(32) int32_t dots[kMr][kNr];
+  for (int r0 = 0; r0 < rows; r0 += 2) {
+    for (int c0 = 0; c0 < cols; c0 += 16) {
+      __m256i acc[2][4];
+      for (int i = 0; i < 2; ++i)
+        for (int q = 0; q < 4; ++q) acc[i][q] = _mm256_setzero_si256();
+      for (int64_t g = 0; g < k4; ++g) {
+        const int8_t* b = b_panel + (g * kNr + c0) * 4;
+        __m256i bw[4];
+        for (int q = 0; q < 4; ++q)
+          bw[q] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + q * 16)));
+        for (int i = 0; i < 2; ++i) {
+          int32_t a4;
+          std::memcpy(&a4, a_strip + (g * kMr + r0 + i) * 4, 4);
+          const __m256i aw = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(a4)));
+          for (int q = 0; q < 4; ++q) acc[i][q] = _mm256_add_epi32(acc[i][q], _mm256_madd_epi16(aw, bw[q]));
+        }
+      }
+      for (int i = 0; i < 2; ++i) {
+        for (int q = 0; q < 4; q += 2) {
+          // hadd -> [c0 c1 c4 c5 | c2 c3 c6 c7] of the 8 columns in acc[q], acc[q + 1].
+          const __m256i h = _mm256_hadd_epi32(acc[i][q], acc[i][q + 1]);
+          _mm256_store_si256(reinterpret_cast<__m256i*>(&dots[r0 + i][c0 + q * 4]),
+                             _mm256_permute4x64_epi64(h, 0xD8));
+        }
+      }
+    }
+  }
+  for (int r = 0; r < rows; ++r)
+    for (int c = 0; c < cols; ++c) store_one(e, r, c, dots[r][c]);
+}
+
+// --------------------------------------------------------------------------------------- AVX-512 VNNI
+namespace {
+
+// Epilogue of 16 columns (lanes) of one row; `mask` selects the valid columns. Same operations, in the
+// same order, as requantize.h.
+PYQ_TARGET_VNNI inline void store16(const Epilogue& e, int r, int c, __m512i dot, __mmask16 mask) {
+  const __m512i acc = _mm512_sub_epi32(dot, _mm512_loadu_si512(e.zero_point_term + c));
+  __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_loadu_ps(e.multiplier + c));
+  y = _mm512_add_ps(y, _mm512_loadu_ps(e.bias + c));
+  if (e.relu) y = _mm512_max_ps(y, _mm512_setzero_ps());
+  if (e.requantize) {
+    __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(e.inv_out_scale)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    q = _mm512_add_ps(q, _mm512_set1_ps(e.out_zero_point));
+    q = _mm512_min_ps(_mm512_max_ps(q, _mm512_setzero_ps()), _mm512_set1_ps(255.0f));
+    const __m128i b = _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(q));
+    _mm_mask_storeu_epi8(e.out_u8 + r * e.ld_out + c, mask, b);
+  } else {
+    _mm512_mask_storeu_ps(e.out_f + r * e.ld_out + c, mask, y);
+  }
+}
+
+inline __mmask16 lane_mask(int valid) {
+  return valid >= 16 ? static_cast<__mmask16>(0xFFFF)
+                     : (valid <= 0 ? static_cast<__mmask16>(0) : static_cast<__mmask16>((1u << valid) - 1u));
+}
+
+// 6 rows x 64 columns: 24 zmm accumulators, 4 weight vectors, 1 broadcast.
+template <int kRows>
+PYQ_TARGET_VNNI inline void vnni_block(const uint8_t* __restrict a_strip, const int8_t* __restrict b_panel,
+                                       int64_t k4, int rows, int cols, const Epilogue& e) {
+  __m512i acc[kRows][4];
+#pragma GCC unroll 6
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) acc[r][q] = _mm512_setzero_si512();
+  const int8_t* b = b_panel;
+  const uint8_t* a = a_strip;
+  for (int64_t g = 0; g < k4; ++g, b += kNr * 4, a += kMr * 4) {
+    _mm_prefetch(reinterpret_cast<const char*>(b + 8 * kNr * 4), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(b + 8 * kNr * 4 + 64), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(b + 8 * kNr * 4 + 128), _MM_HINT_T0);
+    _mm_prefetch(reinterpret_cast<const char*>(b + 8 * kNr * 4 + 192), _MM_HINT_T0);
+    const __m512i b0 = _mm512_loadu_si512(b);
+    const __m512i b1 = _mm512_loadu_si512(b + 64);
+    const __m512i b2 = _mm512_loadu_si512(b + 128);
+    const __m512i b3 = _mm512_loadu_si512(b + 192);
+#pragma GCC unroll 6
+    for (int r = 0; r < kRows; ++r) {
+      int32_t a4;
+      std::memcpy(&a4, a + r * 4, 4);
+      const __m512i av = _mm512_set1_epi32(a4);
+      acc[r][0] = _mm512_dpbusd_epi32(acc[r][0], av, b0);
+      acc[r][1] = _mm512_dpbusd_epi32(acc[r][1], av, b1);
+      acc[r][2] = _mm512_dpbusd_epi32(acc[r][2], av, b2);
+      acc[r][3] = _mm512_dpbusd_epi32(acc[r][3], av, b3);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < kRows; ++r) {
+    if (r >= rows) break;
+#pragma GCC unroll 4
+    for (int q = 0; q < 4; ++q) {
+      const __mmask16 m = lane_mask(cols - q * 16);
+      if (m) store16(e, r, q * 16, acc[r][q], m);
+    }
+  }
+}
+
+}  // namespace
+
+PYQ_TARGET_VNNI void strip_panel_vnni(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows,
+                                      int cols, const Epilogue& e) {
+  // Short strips (the last rows of M) skip the padded rows' work.
+  if (rows > 3) {
+    vnni_block<6>(a_strip, b_panel, k4, rows, cols, e);
+  } else if (rows > 1) {
+    vnni_block<3>(a_strip, b_panel, k4, rows, cols, e);
+  } else {
+    vnni_block<1>(a_strip, b_panel, k4, rows, cols, e);
+  }
+}
+
+// Depthwise: 16 channels per vector, (x - zx) * w in int32 (vpmulld), taps outside the image skipped
+// (they would contribute (zx - zx) * w = 0). Channels in blocks of 64 to keep 4 accumulators per pixel.
+PYQ_TARGET_VNNI void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, const Epilogue& e) {
+  const __m512i zx = _mm512_set1_epi32(a.x_zero_point);
+  for (int64_t ow = 0; ow < a.OW; ++ow) {
+    for (int64_t c0 = 0; c0 < a.C; c0 += 64) {
+      const int valid = static_cast<int>(a.C - c0 < 64 ? a.C - c0 : 64);
+      __mmask16 m[4];
+      for (int q = 0; q < 4; ++q) m[q] = lane_mask(valid - q * 16);
+      __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                        _mm512_setzero_si512()};
+      for (int64_t kh = 0; kh < a.KH; ++kh) {
+        const int64_t ih = oh * a.stride_h - a.pad_h + kh * a.dil_h;
+        if (ih < 0 || ih >= a.H) continue;
+        for (int64_t kw = 0; kw < a.KW; ++kw) {
+          const int64_t iw = ow * a.stride_w - a.pad_w + kw * a.dil_w;
+          if (iw < 0 || iw >= a.W) continue;
+          const uint8_t* xp = a.x + (ih * a.W + iw) * a.C + c0;
+          const int8_t* wp = a.w + (kh * a.KW + kw) * a.C_pad + c0;
+#pragma GCC unroll 4
+          for (int q = 0; q < 4; ++q) {
+            if (!m[q]) break;
+            const __m512i xv = _mm512_sub_epi32(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(m[q], xp + q * 16)), zx);
+            const __m512i wv = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wp + q * 16)));
+            acc[q] = _mm512_add_epi32(acc[q], _mm512_mullo_epi32(xv, wv));
+          }
+        }
+      }
+      for (int q = 0; q < 4; ++q)
+        if (m[q]) store16(e, static_cast<int>(ow), static_cast<int>(c0 + q * 16), acc[q], m[q]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------ AMX
+// TDPBUSD multiplies a 16 x 64 u8 tile by a 16 x (16 x 4) s8 tile into 16 x 16 int32: the B tile is
+// 16 consecutive K-groups of 16 columns of a weight panel, i.e. the panel layout read with a row
+// stride of 256 bytes. 2 x 2 accumulator tiles give a 32 x 32 block; after the whole K loop the four
+// tiles pass through a 4 KiB thread-local scratch (L1) into the same vector epilogue as VNNI.
+#define PYQ_TARGET_AMX \
+  __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw,avx512vl,avx512dq,avx512vnni")))
+
+namespace {
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id;
+  uint8_t start_row;
+  uint8_t reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+bool request_amx_permission() {
+#if defined(__linux__)
+  // ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA: the kernel only lets a process use the AMX tile
+  // state after this request (torch/oneDNN make the same call).
+  constexpr long kArchReqXcompPerm = 0x1023;
+  constexpr long kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kArchReqXcompPerm, kXfeatureXtiledata) == 0;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool cpu_has_amx() {
+  static const bool ok = [] {
+    if (!cpu_has_vnni()) return false;
+    unsigned eax, ebx, ecx, edx;
+    if (!__get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx)) return false;
+    const bool tile = (edx >> 24) & 1u, int8 = (edx >> 25) & 1u;
+    return tile && int8 && request_amx_permission();
+  }();
+  return ok;
+}
+
+// Eight 16 x 64-byte tiles. A constant in memory: GCC 12's _tile_loadconfig tells the compiler it reads
+// only the first 8 bytes of its operand, so stores into a local config could be dropped as dead.
+const TileConfig kTileConfig = {1, 0, {}, {64, 64, 64, 64, 64, 64, 64, 64}, {16, 16, 16, 16, 16, 16, 16, 16}};
+
+PYQ_TARGET_AMX void amx_begin() { _tile_loadconfig(&kTileConfig); }
+
+PYQ_TARGET_AMX void amx_end() { _tile_release(); }
+
+PYQ_TARGET_AMX void block_amx(const uint8_t* a, int64_t lda, const int8_t* b_panel, int64_t ksteps, int rows,
+                              int col0, int cols, const Epilogue& e) {
+  // tmm0..3: C (rows 0-15 / 16-31 x cols 0-15 / 16-31); tmm4, 5: A; tmm6, 7: B.
+  alignas(64) int32_t c[kAmxRows][32];
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  const int8_t* b = b_panel + col0 * 4;
+  for (int64_t s = 0; s < ksteps; ++s) {
+    _tile_loadd(4, a + s * 64, lda);
+    _tile_loadd(5, a + 16 * lda + s * 64, lda);
+    _tile_loadd(6, b + s * 16 * kNr * 4, kNr * 4);
+    _tile_loadd(7, b + s * 16 * kNr * 4 + 64, kNr * 4);
+    _tile_dpbusd(0, 4, 6);
+    _tile_dpbusd(1, 4, 7);
+    _tile_dpbusd(2, 5, 6);
+    _tile_dpbusd(3, 5, 7);
+  }
+  _tile_stored(0, &c[0][0], 128);
+  _tile_stored(1, &c[0][16], 128);
+  _tile_stored(2, &c[16][0], 128);
+  _tile_stored(3, &c[16][16], 128);
+  const __mmask16 m0 = lane_mask(cols), m1 = lane_mask(cols - 16);
+  for (int r = 0; r < rows; ++r) {
+    if (m0) store16(e, r, col0, _mm512_load_si512(&c[r][0]), m0);
+    if (m1) store16(e, r, col0 + 16, _mm512_load_si512(&c[r][16]), m1);
+  }
+}
+
+#else  // not x86: only the scalar path exists
+
+bool cpu_has_vnni() { return false; }
+bool cpu_has_avx2() { return false; }
+void strip_panel_avx2(const uint8_t* a, const int8_t* b, int64_t k4, int rows, int cols, const Epilogue& e) {
+  strip_panel_scalar(a, b, k4, rows, cols, e);
+}
+void strip_panel_vnni(const uint8_t* a, const int8_t* b, int64_t k4, int rows, int cols, const Epilogue& e) {
+  strip_panel_scalar(a, b, k4, rows, cols, e);
+}
+void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, const Epilogue& e) { depthwise_row_scalar(a, oh, e); }
+bool cpu_has_amx() { return false; }
+void amx_begin() {}
+void amx_end() {}
+void block_amx(const uint8_t*, int64_t, const int8_t*, int64_t, int, int, int, const Epilogue&) {}
+
+#endif
+
+}  // namespace pyquant::cpu::int8

@@ -1,0 +1,50 @@
+"""Reference for the int8 ops (int8_linear, int8_conv2d): integer accumulation in int64 (linear) or
+exact float64 (conv: every partial sum is an integer below 2^53), then the epilogue of
+csrc/include/pyquant/requantize.h in float32, operation by operation:
+
+    acc = sum_k (x_q - zx) * w_q                       (exact)
+    y   = float32(acc) * (float32(sx) * sw) + bias      (two float32 roundings, no fma)
+    y   = max(y, 0)                                     (ReLU)
+    q   = clamp(round_half_even(y * (1 / float32(s_out))) + z_out, 0, 255)   (uint8 output)
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def _epilogue(acc: Tensor, x_scale: float, w_scale: Tensor, bias: Optional[Tensor], out_scale, out_zero_point,
+              relu: bool, channel_dim: int) -> Tensor:
+    shape = [1] * acc.dim()
+    shape[channel_dim] = -1
+    mult = torch.tensor(x_scale, dtype=torch.float32) * w_scale.to(torch.float32)
+    y = acc.to(torch.int32).to(torch.float32) * mult.reshape(shape)
+    y = y + (bias.to(torch.float32).reshape(shape) if bias is not None else torch.zeros((), dtype=torch.float32))
+    if relu:
+        y = torch.clamp_min(y, 0.0)
+    if out_scale is None:
+        return y
+    inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(out_scale, dtype=torch.float32)
+    q = torch.round(y * inv) + float(out_zero_point)
+    return q.clamp(0, 255).to(torch.uint8)
+
+
+def int8_linear(x_q: Tensor, x_scale: float, x_zero_point: int, w_q: Tensor, w_scale: Tensor,
+                bias: Optional[Tensor] = None, out_scale=None, out_zero_point=None, relu: bool = False) -> Tensor:
+    """``x_q`` uint8 ``[M, K]``, ``w_q`` int8 ``[N, K]``."""
+    acc = (x_q.to(torch.int64) - int(x_zero_point)) @ w_q.to(torch.int64).t()
+    return _epilogue(acc, x_scale, w_scale, bias, out_scale, out_zero_point, relu, channel_dim=-1)
+
+
+def int8_conv2d(x_q: Tensor, x_scale: float, x_zero_point: int, w_q: Tensor, w_scale: Tensor,
+                bias: Optional[Tensor] = None, stride=1, padding=0, dilation=1, groups: int = 1, out_scale=None,
+                out_zero_point=None, relu: bool = False) -> Tensor:
+    """``x_q`` uint8 ``[N, C, H, W]``, ``w_q`` int8 ``[C_out, C / groups, kh, kw]``; zero padding of
+    ``x_q - zx`` (padding holds the real value 0)."""
+    xc = x_q.to(torch.float64) - float(x_zero_point)
+    acc = torch.nn.functional.conv2d(xc, w_q.to(torch.float64), None, stride, padding, dilation, groups)
+    return _epilogue(acc.round().to(torch.int64), x_scale, w_scale, bias, out_scale, out_zero_point, relu,
+                     channel_dim=1)
