@@ -65,6 +65,7 @@ def main():
     t0 = time.perf_counter()
     sens = layer_sensitivity(model, data, bits_options=BITS)
     t_sens = time.perf_counter() - t0
+    sens_sq = layer_sensitivity(model, data, bits_options=BITS, rounding="squant")
     sizes = weight_sizes(model)
     params = sum(sizes.values())
     t0 = time.perf_counter()
@@ -89,17 +90,24 @@ def main():
         for rounding in ("rtn", "squant"):
             row[f"uniform_{rounding}"] = evaluate_top1(apply_bits(model, uniform, rounding), images, labels)
             row[f"mixed_{rounding}"] = evaluate_top1(apply_bits(model, mixed, rounding), images, labels)
+        # the allocation from sensitivities measured with SQuant rounding, evaluated with SQuant
+        mixed_sq = allocate_bits(sens_sq, sizes, budget)
+        row["assignment_squant_sensitivity"] = mixed_sq
+        row["mixed_squant_sensitivity_squant"] = evaluate_top1(apply_bits(model, mixed_sq, "squant"), images, labels)
         rows.append(row)
         print(f"  avg {avg} b: uniform W{avg}: sens {uni_sens:.4f}, top-1 RTN {row['uniform_rtn']:.2f} / SQuant "
               f"{row['uniform_squant']:.2f};  mixed ({row['mixed_avg_bits']:.2f} b avg): sens {point[1]:.4f}, "
               f"top-1 RTN {row['mixed_rtn']:.2f} / SQuant {row['mixed_squant']:.2f}")
         print("    bits: " + " ".join(f"{b}" for b in mixed.values()))
+        print(f"    SQuant-measured sensitivities -> top-1 with SQuant {row['mixed_squant_sensitivity_squant']:.2f}; bits: "
+              + " ".join(f"{b}" for b in mixed_sq.values()))
     plot_frontier(frontier, args.png, chosen=marks, title="ResNet-20 (CIFAR-10): ZeroQ sensitivity Pareto frontier")
     os.makedirs(os.path.dirname(args.json), exist_ok=True)
     with open(args.json, "w") as f:
         json.dump({"threads": 1, "samples": args.samples, "iterations": args.iterations, "bits_options": BITS,
                    "times_s": {"distill": t_distill, "sensitivity": t_sens, "dp": t_dp}, "fp32_top1": fp32,
-                   "sensitivity": {n: {str(b): v for b, v in d.items()} for n, d in sens.items()}, "sizes": sizes,
+                   "sensitivity": {n: {str(b): v for b, v in d.items()} for n, d in sens.items()},
+                   "sensitivity_squant": {n: {str(b): v for b, v in d.items()} for n, d in sens_sq.items()}, "sizes": sizes,
                    "frontier_points": len(frontier), "rows": rows}, f, indent=1)
     print(f"wrote {args.json} and {args.png}")
 

@@ -166,6 +166,12 @@ def test_sensitivity_on_random_net():
         net.fc.weight.copy_(w)
     want = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean").item()
     assert sens["fc"][4] == pytest.approx(want, rel=1e-9)
+    # SQuant rounding: other values, same ordering, the model still restored
+    sq = layer_sensitivity(net, data, bits_options=(2, 4, 8), rounding="squant", progress=False)
+    for name in sens:
+        assert sq[name][2] > sq[name][4] > sq[name][8] > 0
+        assert sq[name][4] != sens[name][4]
+    assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
     only = layer_sensitivity(net, data, bits_options=(3,), layers=["conv2"], progress=False)
     assert list(only) == ["conv2"] and list(only["conv2"]) == [3]
     assert weight_sizes(net) == {"conv1": 8 * 3 * 9, "conv2": 16 * 8 * 9, "fc": 160}
@@ -184,6 +190,8 @@ def test_sensitivity_bad_input():
         layer_sensitivity(net, data[:0], progress=False)
     with pytest.raises(ValueError, match="finite"):
         layer_sensitivity(net, data * math.inf, progress=False)
+    with pytest.raises(ValueError, match="rounding must be one of"):
+        layer_sensitivity(net, data, rounding="floor", progress=False)
     with pytest.raises(TypeError, match="model"):
         layer_sensitivity(data, data, progress=False)
 

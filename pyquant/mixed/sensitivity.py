@@ -7,7 +7,7 @@ the KL divergence between the softmax outputs of the FP32 model and of the same 
 layer i's weights quantized to k bits, averaged over the N (distilled) inputs x_j. Weights are
 quantized per output channel, symmetric, on the signed grid [-2^(k-1), 2^(k-1) - 1], with the clip
 chosen by the MSE range search (``pyquant.calib.MSEEstimator`` -> ``ops.range_search``) and applied
-with ``ops.fake_quant``.
+with ``ops.fake_quant`` (or, with ``rounding="squant"``, rounded by SQuant, ``pyquant.dfq.squant``).
 """
 
 from __future__ import annotations
@@ -36,11 +36,21 @@ def signed_grid(bits: int) -> tuple[int, int]:
     return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
 
-def quantize_weight(weight: Tensor, bits: int) -> Tensor:
-    """Per-output-channel symmetric fake quantization with the MSE-optimal clip."""
+ROUNDINGS = ("nearest", "squant")
+
+
+def quantize_weight(weight: Tensor, bits: int, rounding: str = "nearest") -> Tensor:
+    """Per-output-channel symmetric quantization (dequantized) with the MSE-optimal clip, rounded to
+    nearest (``ops.fake_quant``) or by SQuant."""
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     qmin, qmax = signed_grid(bits)
     w = weight.detach().float()
     scale, zero_point = MSEEstimator(axis=0, symmetric=True).observe(w).qparams(qmin, qmax)
+    if rounding == "squant" and w.dim() >= 2:
+        from pyquant.dfq.squant import squant_weight
+
+        return squant_weight(w, scale, zero_point, qmin, qmax, axis=0).to(weight.dtype)
     return ops.fake_quant(w, scale, zero_point, qmin, qmax, axis=0).to(weight.dtype)
 
 
@@ -68,11 +78,13 @@ def layer_sensitivity(
     layers: Optional[Iterable[str]] = None,
     *,
     batch_size: int = 128,
+    rounding: str = "nearest",
     progress: bool = True,
 ) -> Dict[str, Dict[int, float]]:
     """``{layer_name: {bits: Omega}}`` for each conv/linear layer (or the named ``layers``) and each
     bit-width in ``bits_options`` (2..8). ``data``: the inputs (e.g. ``pyquant.distill.zeroq``
     output). The model is run in eval mode and restored unchanged (weights and training flag).
+    ``rounding``: ``"nearest"`` (ZeroQ) or ``"squant"`` (measure the rounding the model will use).
     KL is computed in float64 from the logits; cost: len(layers) * len(bits_options) forward passes."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -89,6 +101,8 @@ def layer_sensitivity(
         signed_grid(b)
     if len(set(bits_options)) != len(bits_options):
         raise ValueError(f"bits_options must not repeat a bit-width, got {bits_options}")
+    if rounding not in ROUNDINGS:
+        raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     modules = dict(model.named_modules())
@@ -113,7 +127,7 @@ def layer_sensitivity(
             result[name] = {}
             try:
                 for bits in bits_options:
-                    weight.data.copy_(quantize_weight(original, bits))
+                    weight.data.copy_(quantize_weight(original, bits, rounding))
                     kl = 0.0
                     for i, log_p in enumerate(reference):
                         log_q = F.log_softmax(model(data[i * batch_size:(i + 1) * batch_size]).double(), dim=1)
