@@ -38,6 +38,29 @@ def saved_bytes_per_element():
     return out
 
 
+# DESIGN.md section 3 targets: (benchmark kind, baseline, least speed-up).
+TARGETS = (
+    ("forward", "aten", 3.0),
+    ("forward", "copy", 0.8),
+    ("fwd+bwd", "aten", 3.0),
+    ("out=", "copy", 0.7),
+    ("out=", "aten", 8.0),
+)
+
+
+def print_targets(groups):
+    """The worst case of every target over all shapes, granularities and bit-widths of the run."""
+    print("\n| target | worst case | speed-up | met |")
+    print("|---|---|---:|---|")
+    for kind, baseline, least in TARGETS:
+        rows = [(g[baseline] / g["pyquant"], name) for name, g in groups.items()
+                if name.split(" ")[0] == kind and baseline in g]
+        if not rows:
+            continue
+        ratio, name = min(rows)
+        print(f"| {kind} >= {least}x {baseline} | {name} | {ratio:.2f}x | {'yes' if ratio >= least else 'NO'} |")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", help="reuse an existing pytest-benchmark JSON instead of running")
@@ -65,6 +88,7 @@ def main():
 
         a, e, c = col("aten"), col("eager"), col("copy")
         print(f"| {group} | {p:.2f} | {a[0]} | {a[1]} | {e[0]} | {e[1]} | {c[0]} | {c[1]} |")
+    print_targets(groups)
     mem = saved_bytes_per_element()
     print(f"\nbytes kept for backward per element: pyquant {mem['pyquant']:.3f}, ATen {mem['aten']:.3f}")
     print(f"(json: {path})")

@@ -42,6 +42,11 @@ TORCH_LIBRARY(pyquant, m) {
   m.def(
       "histogram(Tensor x, int bins, Tensor? lo=None, Tensor? hi=None, int? axis=None, Tensor? counts=None) "
       "-> (Tensor, Tensor, Tensor)");
+  // SQuant data-free rounding (Guo et al. 2022): integer codes (as floats of x's dtype) of the scaled
+  // weight x [O, I, *kernel] after the kernel-wise and channel-wise flips; not differentiable.
+  m.def(
+      "squant_round(Tensor x, int quant_min, int quant_max, bool kernel_stage=True, bool channel_stage=True) "
+      "-> Tensor");
 
   // Real int8 (issue 6; contracts in DESIGN.md section 6). pack_int8_weight turns symmetric int8
   // weights ([N, K] linear or [N, C/groups, kh, kw] conv) into the kernels' layout (a 1-d int8 tensor

@@ -36,6 +36,7 @@ __all__ = [
     "PackedInt8Weight",
     "lsq_grad_factor",
     "range_search",
+    "squant_round",
     "unpack_mask",
 ]
 
@@ -465,6 +466,34 @@ torch.library.register_autograd("pyquant::bn_stat_loss", _bn_stat_loss_backward,
 
 
 
+# --------------------------------------------------------------------------------------------------
+# squant_round
+
+
+def squant_round(x: Tensor, qmin: int, qmax: int, kernel_stage: bool = True, channel_stage: bool = True) -> Tensor:
+    """SQuant rounding (Guo et al., ICLR 2022): integer codes, as floats of ``x``'s dtype (float32 or
+    float64), of the scaled weight ``x = w / scale (+ zero_point)`` of shape [O, I, *kernel] or [O, I]
+    (output channels first), after the kernel-wise (SQuant-K) and channel-wise (SQuant-C) flips.
+
+    Every code lies in [qmin, qmax], within one level of ``round(clamp(x))``; each output channel's
+    rounding-error sum ``sum(q - clamp(x))`` is within 0.5 and each kernel's is within 0.5 after
+    SQuant-K (strictly within 1 after SQuant-C). ``kernel_stage=False`` / ``channel_stage=False``
+    give the paper's ablations (SQuant-E = round to nearest). Algorithm and proofs:
+    :mod:`pyquant.reference.squant`. Not differentiable (it returns integer codes; no autograd
+    formula is registered: call it on detached weights).
+    """
+    _require_tensor("x", x)
+    _check_int("qmin", qmin)
+    _check_int("qmax", qmax)
+    for name, flag in (("kernel_stage", kernel_stage), ("channel_stage", channel_stage)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+    return torch.ops.pyquant.squant_round(x.detach(), qmin, qmax, kernel_stage, channel_stage)
+
+
+@torch.library.register_fake("pyquant::squant_round")
+def _squant_round_fake(x, quant_min, quant_max, kernel_stage=True, channel_stage=True):
+    return x.new_empty(x.shape)
 # ---------------------------------------------------------------------------------------------------
 # Real int8: pack_int8_weight, int8_linear, int8_conv2d (u8 activations x s8 weights, int32 accumulation)
 

@@ -219,7 +219,8 @@ def test_single_process_run(reference_run, checkpoint):
 def test_torchrun_two_gloo_processes_match_single_process(reference_run, checkpoint, tmp_path):
     out = str(tmp_path / "ddp")
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+    # --standalone: a free rendezvous port (a fixed one collides when two test runs share the machine).
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "pyquant"] + shard_args(out, checkpoint)
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr

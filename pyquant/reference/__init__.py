@@ -19,6 +19,7 @@ from pyquant.reference.range_search import (
 )
 from pyquant.reference import int8
 from pyquant.reference.bn_stat_loss import bn_stat_loss, gdfq_bns_loss, zeroq_own_loss
+from pyquant.reference.squant import squant_round
 
 __all__ = [
     "fake_quant",
@@ -35,5 +36,6 @@ __all__ = [
     "bn_stat_loss",
     "zeroq_own_loss",
     "gdfq_bns_loss",
+    "squant_round",
     "int8",
 ]

@@ -1,0 +1,364 @@
+"""Recipes: plain dataclasses listing the steps of a data-free quantization pipeline and their
+settings, and :func:`quantize` (DESIGN.md sections 2 and 6) that runs one.
+
+Named recipes (``RECIPES``): ``zeroq`` (Cai et al. 2020: ZeroQ data, min-max ranges), ``dsg``
+(Zhang et al. 2021: DSG data, min-max), ``dfq`` (Nagel et al. 2019: no data; ReLU6->ReLU, CLE,
+high-bias absorption, BN-based activation ranges, analytic bias correction), ``aac_abn`` (He et al.
+2022: AAC data, min-max clipping on it, ABN), ``squant`` (Guo et al. 2022: SQuant rounding, no data;
+BN-based activation ranges) and ``best`` (the combination that measured best on ResNet-20, see
+docs/pipeline.md). Every step is also a public function (pyquant.quant, pyquant.dfq).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Sequence
+
+import torch
+from torch import nn
+
+from pyquant import dfq
+from pyquant.quant import graph as qgraph
+from pyquant.quant.report import build_report
+from pyquant.quant.spec import QuantSpec
+
+GENERATORS = ("zeroq", "dsg", "aac")
+WEIGHT_ESTIMATORS = ("minmax", "mse")
+ACT_ESTIMATORS = ("minmax", "percentile", "mse", "entropy", "bn")
+
+
+@dataclass
+class Recipe:
+    """A pipeline: which steps run (in the fixed order of :attr:`steps`) and their settings.
+
+    data: synthetic-data generator (``zeroq``, ``dsg``, ``aac`` from pyquant.distill) or None (data-free
+    steps only); num_samples / data_iterations / data_batch_size / data_kwargs: its settings.
+    relu6_to_relu, cle, absorb_high_bias: DFQ's structural steps (on the BN-folded model).
+    weight_estimator: ``minmax`` or ``mse`` (per-channel Lp clip, ops.range_search; weight_p = p).
+    weight_rounding: ``nearest`` or ``squant`` (pyquant.dfq.squant).
+    abn: re-estimate BN statistics of the weight-quantized network on the data (needs data);
+    abn_after_activations: run it on the fully quantized network instead (activations calibrated
+    first, then ABN with activation quantizers on, then the activation ranges re-calibrated).
+    bias_correction: None, ``analytic`` (from BN statistics) or ``empirical`` (on the data).
+    act_estimator: ``minmax``, ``percentile``, ``mse``, ``entropy`` (on the data, pyquant.calib) or
+    ``bn`` (mean +- act_n_std std from the BN statistics, DFQ; tensors without BN moments fall back
+    to min-max on Gaussian noise). first_last_bits: bits of the first/last layer (None = as the rest).
+    mixed_precision_bits: average weight bits for ZeroQ's Pareto allocation (None = uniform).
+    """
+
+    name: str = "custom"
+    data: Optional[str] = "zeroq"
+    num_samples: int = 256
+    data_iterations: int = 200
+    data_batch_size: int = 64
+    data_kwargs: dict = field(default_factory=dict)
+    relu6_to_relu: bool = False
+    cle: bool = False
+    absorb_high_bias: bool = False
+    weight_estimator: str = "minmax"
+    weight_p: float = 2.0
+    weight_rounding: str = "nearest"
+    abn: bool = False
+    abn_after_activations: bool = False
+    bias_correction: Optional[str] = None
+    act_estimator: str = "minmax"
+    act_estimator_kwargs: dict = field(default_factory=dict)
+    act_n_std: float = 6.0
+    first_last_bits: Optional[int] = None
+    mixed_precision_bits: Optional[float] = None
+
+    def __post_init__(self):
+        checks = [("data", self.data, GENERATORS + (None,)), ("weight_estimator", self.weight_estimator, WEIGHT_ESTIMATORS),
+                  ("weight_rounding", self.weight_rounding, ("nearest", "squant")),
+                  ("bias_correction", self.bias_correction, (None, "analytic", "empirical")),
+                  ("act_estimator", self.act_estimator, ACT_ESTIMATORS)]
+        for name, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"Recipe.{name} must be one of {allowed}, got {value!r}")
+        if self.data is None and (self.abn or self.bias_correction == "empirical" or self.act_estimator not in ("bn",)):
+            raise ValueError(f"recipe {self.name!r}: abn, empirical bias correction and data-based activation "
+                             f"estimators need data (set data= 'zeroq', 'dsg' or 'aac', or act_estimator='bn')")
+        if self.first_last_bits is not None:
+            _check_bits("first_last_bits", self.first_last_bits)
+
+    @property
+    def steps(self) -> list:
+        """The steps this recipe runs, in order."""
+        s = ["prepare"]
+        if self.data:
+            s.append(f"distill:{self.data}")
+        s.append("fold_bn")
+        if self.cle:
+            s.append("cle")
+        if self.absorb_high_bias:
+            s.append("absorb_high_bias")
+        if self.mixed_precision_bits is not None:
+            s.append("mixed_precision")
+        s.append(f"quantize_weights:{self.weight_estimator}" + (":squant" if self.weight_rounding == "squant" else ""))
+        if self.abn and not self.abn_after_activations:
+            s.append("abn")
+        if self.bias_correction:
+            s.append(f"bias_correction:{self.bias_correction}")
+        s.append(f"calibrate_activations:{self.act_estimator}")
+        if self.abn and self.abn_after_activations:
+            s += ["abn", f"calibrate_activations:{self.act_estimator}"]
+        s.append("report")
+        return s
+
+    def replace(self, **changes) -> "Recipe":
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown recipe setting(s): {sorted(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+
+RECIPES: Dict[str, Recipe] = {
+    "zeroq": Recipe(name="zeroq", data="zeroq"),
+    "dsg": Recipe(name="dsg", data="dsg"),
+    "dfq": Recipe(name="dfq", data=None, relu6_to_relu=True, cle=True, absorb_high_bias=True,
+                  bias_correction="analytic", act_estimator="bn"),
+    "aac_abn": Recipe(name="aac_abn", data="aac", abn=True),
+    "squant": Recipe(name="squant", data=None, weight_rounding="squant", act_estimator="bn"),
+    # Measured on ResNet-20 (docs/pipeline.md): Lp weight clips (p = 2.4, Genie's choice), MSE activation
+    # clips, ABN on the fully quantized network. Empirical bias correction on top of ABN measured worse.
+    "best": Recipe(name="best", data="zeroq", weight_estimator="mse", weight_p=2.4, act_estimator="mse", abn=True,
+                   abn_after_activations=True),
+}
+
+
+def get_recipe(recipe) -> Recipe:
+    if isinstance(recipe, Recipe):
+        return recipe
+    if isinstance(recipe, str):
+        if recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(RECIPES)} or pass a pyquant.Recipe")
+        return copy.deepcopy(RECIPES[recipe])
+    raise TypeError(f"recipe must be a name or a pyquant.Recipe, got {type(recipe).__name__}")
+
+
+def _check_bits(name: str, bits) -> None:
+    if isinstance(bits, bool) or not isinstance(bits, int):
+        raise TypeError(f"{name} must be an int, got {type(bits).__name__}")
+    if not 2 <= bits <= 8:
+        raise ValueError(f"{name} must be in 2..8, got {bits}")
+
+
+def _check_device(model: nn.Module) -> torch.device:
+    tensors = list(model.parameters()) + list(model.buffers())
+    device = tensors[0].device if tensors else torch.device("cpu")
+    if any(t.device != device for t in tensors):
+        raise ValueError("model: all parameters and buffers must be on one device")
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        from pyquant import build_info
+
+        if build_info().get("cuda"):
+            return device
+        raise ValueError(f"model is on {device}, but this pyquant build has no CUDA kernels; move it to the CPU "
+                         f"(model.cpu()) or rebuild with CUDA")
+    raise ValueError(f"model is on device {device}, which pyquant does not support (cpu, or cuda when built)")
+
+
+def _check_input_shape(input_shape) -> tuple:
+    try:
+        shape = tuple(input_shape)
+    except TypeError:
+        raise TypeError(f"input_shape must be a sequence of ints (C, H, W), got {input_shape!r}") from None
+    if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
+        raise ValueError(f"input_shape must hold positive ints (C, H, W), got {input_shape!r}")
+    return shape
+
+
+class _Progress:
+    def __init__(self, steps, enabled: bool):
+        self.steps, self.enabled, self.k = steps, enabled, 0
+        self.log = []
+
+    def __call__(self, step: str, detail: str = ""):
+        return _StepTimer(self, step, detail)
+
+
+class _StepTimer:
+    def __init__(self, progress, step, detail):
+        self.p, self.step, self.detail = progress, step, detail
+
+    def __enter__(self):
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is not None:
+            return False
+        self.p.k += 1
+        dt = time.perf_counter() - self.t0
+        self.p.log.append({"step": self.step, "seconds": dt, "detail": self.detail})
+        if self.p.enabled:
+            print(f"[pyquant.quantize] {self.p.k}/{len(self.p.steps)} {self.step:<32} {dt:7.2f} s  {self.detail}",
+                  flush=True)
+        return False
+
+
+def _distill(recipe: Recipe, model: nn.Module, input_shape, seed: int, progress: bool):
+    from pyquant import distill
+
+    generator = {"zeroq": distill.zeroq, "dsg": distill.dsg, "aac": distill.aac}[recipe.data]
+    return generator(model, recipe.num_samples, input_shape, batch_size=min(recipe.data_batch_size, recipe.num_samples),
+                     iterations=recipe.data_iterations, seed=seed, progress=progress, **recipe.data_kwargs)
+
+
+def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int = 8, input_shape: Sequence[int],
+             seed: int = 0, progress: bool = True, data: Optional[torch.Tensor] = None, **overrides) -> nn.Module:
+    """A fake-quantized copy of ``model`` (which is not modified), built by ``recipe`` (a name from
+    ``RECIPES`` or a :class:`Recipe`; ``overrides`` replace its settings, e.g. ``first_last_bits=8``).
+    Prints one line per step. The result is a torch.fx GraphModule with QuantConv2d / QuantLinear and
+    activation FakeQuantizers (``aq_*``), carrying ``quant_report`` (:class:`QuantReport`),
+    ``recipe`` and ``bn_stats``. ``data``: use these calibration inputs instead of generating them."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _check_bits("w_bits", w_bits)
+    _check_bits("a_bits", a_bits)
+    shape = _check_input_shape(input_shape)
+    recipe = get_recipe(recipe)
+    if overrides:
+        recipe = recipe.replace(**overrides)
+    device = _check_device(model)
+    steps = recipe.steps
+    step = _Progress(steps, progress)
+    torch.manual_seed(seed)
+
+    with step("prepare"):
+        fp = copy.deepcopy(model).eval()
+        n_relu6 = qgraph.replace_relu6(fp) if recipe.relu6_to_relu else 0
+        gm = qgraph.trace(fp)
+        qgraph.check_supported(gm)
+        try:
+            with torch.no_grad():
+                gm(torch.zeros((2,) + shape, device=device))
+        except Exception as err:
+            raise ValueError(f"input_shape {shape} does not fit the model: {type(err).__name__}: {err}") from err
+        has_bn = any(isinstance(m, qgraph.BN_LAYERS) for m in gm.modules())
+    if data is None and recipe.data is not None:
+        if not has_bn:
+            raise ValueError(f"recipe {recipe.name!r} distills data from BatchNorm statistics, but the model has no "
+                             f"BatchNorm layer; use a data-free recipe such as 'dfq' (or pass data=)")
+        with step(f"distill:{recipe.data}", f"{recipe.num_samples} samples, {recipe.data_iterations} iterations"):
+            data = _distill(recipe, gm, shape, seed, progress)
+    elif data is not None:
+        step.log.append({"step": "data", "seconds": 0.0, "detail": f"{data.shape[0]} given samples"})
+    with step("fold_bn"):
+        folded, bn_stats = qgraph.fold_bn(gm)
+    if recipe.cle:
+        with step("cle") as s:
+            pairs, sweeps = dfq.cross_layer_equalization(folded, bn_stats)
+            s.detail = f"{len(pairs)} pairs, {sweeps} sweeps"
+    if recipe.absorb_high_bias:
+        with step("absorb_high_bias") as s:
+            s.detail = f"{len(dfq.absorb_high_bias(folded, bn_stats))} layers"
+    fp_ref = copy.deepcopy(folded)
+    layer_bits = None
+    if recipe.mixed_precision_bits is not None:
+        with step("mixed_precision") as s:
+            layer_bits = _mixed_precision(folded, data, recipe.mixed_precision_bits)
+            s.detail = str(layer_bits)
+    wspec = QuantSpec(bits=w_bits, signed=True, symmetric=True, axis=0, estimator=recipe.weight_estimator,
+                      estimator_kwargs={"p": recipe.weight_p} if recipe.weight_estimator == "mse" else {})
+    aspec = QuantSpec(bits=a_bits, signed=False, symmetric=recipe.act_estimator != "minmax", axis=None,
+                      estimator=recipe.act_estimator if recipe.act_estimator != "bn" else "minmax",
+                      estimator_kwargs=dict(recipe.act_estimator_kwargs))
+    qm = qgraph.prepare(folded, wspec, aspec, first_last_bits=recipe.first_last_bits, layer_bits=layer_bits)
+    with step(steps[[i for i, n in enumerate(steps) if n.startswith("quantize_weights")][0]]):
+        qgraph.quantize_weights(qm)
+        if recipe.weight_rounding == "squant":
+            _squant_weights(qm)
+    if recipe.abn and not recipe.abn_after_activations:
+        with step("abn") as s:
+            s.detail = f"{len(dfq.adaptive_bn(qm, bn_stats, data))} layers"
+    if recipe.bias_correction == "analytic":
+        with step("bias_correction:analytic") as s:
+            s.detail = f"{len(dfq.analytic_bias_correction(qm, bn_stats, _input_moments(qm)))} layers"
+    elif recipe.bias_correction == "empirical":
+        with step("bias_correction:empirical") as s:
+            s.detail = f"{len(dfq.empirical_bias_correction(qm, fp_ref, data))} layers"
+    probe = data
+    with step(f"calibrate_activations:{recipe.act_estimator}") as s:
+        if recipe.act_estimator == "bn":
+            missing = dfq.bn_activation_ranges(qm, bn_stats, recipe.act_n_std, _input_moments(qm))
+            if missing:
+                gen = torch.Generator().manual_seed(seed)
+                probe = torch.randn((64,) + shape, generator=gen).to(device)
+                _calibrate_subset(qm, probe, missing)
+            qgraph.resolve_ties(qm)
+            s.detail = f"{len(missing)} of {len(qgraph.act_quantizers(qm))} from noise" if missing else ""
+        else:
+            qgraph.calibrate_activations(qm, data)
+    if recipe.abn and recipe.abn_after_activations:
+        with step("abn") as s:
+            s.detail = f"{len(dfq.adaptive_bn(qm, bn_stats, data))} layers, activations quantized"
+        with step(f"calibrate_activations:{recipe.act_estimator}"):
+            qgraph.calibrate_activations(qm, data)
+    with step("report"):
+        if probe is None:
+            probe = torch.randn((64,) + shape, generator=torch.Generator().manual_seed(seed)).to(device)
+        convention = (f"first/last layer at {recipe.first_last_bits} bit" if recipe.first_last_bits is not None
+                      else "all layers quantized")
+        report = build_report(qm, fp_ref, probe[:256], recipe=recipe.name, w_bits=w_bits, a_bits=a_bits,
+                              convention=convention)
+        report.steps = step.log
+    qm.quant_report = report
+    qm.recipe = recipe
+    qm.bn_stats = bn_stats
+    qm.relu6_replaced = n_relu6
+    return qm.eval()
+
+
+def _input_moments(qm):
+    # Data-free steps assume a normalised input: mean 0, variance 1 per channel.
+    return (torch.zeros(1), torch.ones(1))
+
+
+@torch.no_grad()
+def _calibrate_subset(qm, data, names):
+    qs = qgraph.act_quantizers(qm)
+    enabled = {n: q.enabled for n, q in qs.items()}
+    for n in names:
+        qs[n]._estimator = None
+        qs[n].observing = True
+    try:
+        qm(data)
+    finally:
+        for n in names:
+            qs[n].observing = False
+    for n in names:
+        qs[n].compute_qparams()
+    for n, q in qs.items():
+        if n not in names:
+            q.enabled = enabled[n]
+
+
+@torch.no_grad()
+def _squant_weights(qm) -> None:
+    try:
+        from pyquant.dfq.squant import squant_weight
+    except ImportError as err:
+        raise RuntimeError("weight_rounding='squant' needs pyquant.dfq.squant (the SQuant kernel), which this "
+                           "checkout does not have yet") from err
+    for m in qgraph.quant_layers(qm).values():
+        q = m.weight_quantizer
+        m.set_rounded_weight(squant_weight(m.weight.detach(), q.scale, q.zero_point, q.qmin, q.qmax, axis=0))
+
+
+def _mixed_precision(folded, data, avg_bits: float) -> Dict[str, int]:
+    try:
+        from pyquant import mixed
+    except ImportError as err:
+        raise RuntimeError("mixed_precision_bits needs pyquant.mixed, which this checkout does not have yet") from err
+    if data is None:
+        raise ValueError("mixed precision needs data (ZeroQ sensitivity): set data=")
+    layers = {n: m for n, m in folded.named_modules() if isinstance(m, qgraph.WEIGHT_LAYERS)}
+    sensitivity = mixed.layer_sensitivity(folded, data, bits_options=(2, 4, 8), layers=list(layers), progress=False)
+    sizes = {n: m.weight.numel() for n, m in layers.items()}
+    return mixed.allocate_bits(sensitivity, sizes, avg_bits * sum(sizes.values()))

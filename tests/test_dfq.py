@@ -1,0 +1,172 @@
+"""Data-free transforms: CLE, high-bias absorption, bias correction, ABN, BN moments (pyquant.dfq)."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from pyquant import dfq
+from pyquant.quant import (QuantSpec, fold_bn, prepare, quant_layers, quantize_weights, replace_relu6)
+
+from nets import assert_close_rel, bn_stats_from_data, mobilenet, resnet8, sequential_cnn
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _equalized(model):
+    folded, stats = fold_bn(model)
+    before = {k: v.clone() for k, v in folded.state_dict().items()}
+    pairs, sweeps = dfq.cross_layer_equalization(folded, stats, tol=1e-7, max_iterations=200)
+    return folded, stats, before, pairs, sweeps
+
+
+@pytest.mark.parametrize("net", ["resnet8", "mobilenet"])
+def test_cle_preserves_fp32_output_and_equalizes_ranges(net):
+    model = resnet8() if net == "resnet8" else mobilenet()
+    if net == "mobilenet":
+        replace_relu6(model)
+    x = torch.randn(4, 3, 16, 16)
+    reference_folded, _ = fold_bn(model)
+    folded, stats, before, pairs, sweeps = _equalized(model)
+    assert pairs, "no equalization pair found"
+    assert_close_rel(folded(x), reference_folded(x), 1e-5)
+    changed = any(not torch.equal(v, folded.state_dict()[k]) for k, v in before.items())
+    assert changed
+    for a, b, _ in pairs:  # converged: each channel's range is the same in both layers
+        w1, w2 = folded.get_submodule(a).weight, folded.get_submodule(b).weight
+        groups = getattr(folded.get_submodule(b), "groups", 1)
+        r1 = w1.reshape(w1.shape[0], -1).abs().amax(1)
+        r2 = dfq.cle._input_channel_view(w2, groups).abs().amax(1)
+        torch.testing.assert_close(r1, r2, rtol=1e-3, atol=1e-7)
+    if net == "mobilenet":  # depthwise layers take part
+        assert any(folded.get_submodule(b).groups > 1 for _, b, _ in pairs)
+
+
+def test_cle_guards_zero_channels_and_relu6_breaks_pairs():
+    model = mobilenet()
+    folded, stats = fold_bn(model)
+    assert not any(r for _, _, r in dfq.equalization_pairs(folded))  # ReLU6 is not positively homogeneous
+    model2 = sequential_cnn()
+    folded2, stats2 = fold_bn(model2)
+    with torch.no_grad():
+        folded2.get_submodule("0").weight[2].zero_()  # dead channel: r1 = 0
+    x = torch.randn(3, 3, 16, 16)
+    ref = folded2(x)
+    dfq.cross_layer_equalization(folded2, stats2)
+    out = folded2(x)
+    assert torch.isfinite(out).all()
+    assert_close_rel(out, ref, 1e-5)
+
+
+def test_high_bias_absorption_preserves_output():
+    model = sequential_cnn(padding=0)
+    with torch.no_grad():  # large positive pre-activations: ReLU never clips, absorption is exact
+        bn = model[1]
+        bn.bias.fill_(5.0)
+        bn.weight.fill_(0.1)
+    folded, stats = fold_bn(model)
+    x = 0.1 * torch.randn(4, 3, 16, 16)
+    ref = folded(x)
+    done = dfq.absorb_high_bias(folded, stats)
+    assert "0" in done and done["0"] > 0
+    assert_close_rel(folded(x), ref, 1e-5)
+    assert float(stats["0"].out_mean.max()) < 5.0
+
+
+def _layer_mean_error(q, ref, x, name):
+    outs = []
+    hooks = [m.get_submodule(name).register_forward_hook(lambda mod, a, o: outs.append(o.mean(dim=(0, 2, 3))))
+             for m in (q, ref)]
+    q(x)
+    ref(x)
+    for h in hooks:
+        h.remove()
+    return float((outs[0] - outs[1]).abs().mean())
+
+
+def _output_mean_error(q, ref, x):
+    return float((q(x).mean(0) - ref(x).mean(0)).abs().mean())
+
+
+def test_analytic_bias_correction_reduces_mean_output_error():
+    model = sequential_cnn(padding=0)
+    x = torch.randn(256, 3, 16, 16)
+    bn_stats_from_data(model, x)
+    folded, stats = fold_bn(model)
+    q = prepare(folded, QuantSpec(bits=3, axis=0), None)
+    quantize_weights(q)
+    before = _layer_mean_error(q, folded, x, "3")
+    done = dfq.analytic_bias_correction(q, stats, (torch.zeros(1), torch.ones(1)))
+    assert set(done) == {"0", "3"}  # the classifier reads max-pooled features: moments unknown
+    assert _layer_mean_error(q, folded, x, "3") < 0.5 * before
+
+
+@pytest.mark.parametrize("net", ["resnet8", "mobilenet"])
+def test_empirical_bias_correction_reduces_mean_output_error(net):
+    model = resnet8() if net == "resnet8" else mobilenet()
+    folded, _ = fold_bn(model)
+    q = prepare(folded, QuantSpec(bits=3, axis=0), None)
+    quantize_weights(q)
+    x = torch.randn(64, 3, 16, 16)
+    before = _output_mean_error(q, folded, x)
+    done = dfq.empirical_bias_correction(q, folded, x)
+    assert len(done) == len(quant_layers(q))
+    after = _output_mean_error(q, folded, x)
+    assert after < 1e-4 * max(1.0, before) + 1e-5 or after < 0.05 * before
+
+
+def test_abn_matches_bn_statistics_on_the_data():
+    model = resnet8()
+    folded, stats = fold_bn(model)
+    q = prepare(folded, QuantSpec(bits=3, axis=0), None)
+    quantize_weights(q)
+    x = torch.randn(64, 3, 16, 16)
+    dfq.adaptive_bn(q, stats, x)
+    outs = {}
+    hooks = [m.register_forward_hook(lambda mod, a, o, n=n: outs.__setitem__(n, o))
+             for n, m in quant_layers(q).items()]
+    q(x)
+    for h in hooks:
+        h.remove()
+    for name in ("conv1", "layer1.0.conv1", "layer2.0.conv2"):
+        var, mean = torch.var_mean(outs[name], dim=(0, 2, 3), unbiased=False)
+        torch.testing.assert_close(mean, stats[name].out_mean, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(var.sqrt(), stats[name].out_std, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("upper", [math.inf, 6.0])
+def test_clipped_gaussian_moments_match_monte_carlo(upper):
+    mean = torch.tensor([-1.0, 0.0, 0.5, 3.0, 7.0])
+    std = torch.tensor([0.5, 1.0, 2.0, 1.5, 0.3])
+    e, v = dfq.clipped_gaussian_moments(mean, std, upper)
+    g = torch.Generator().manual_seed(0)
+    z = mean.double() + std.double() * torch.randn(400_000, 5, generator=g, dtype=torch.float64)
+    c = z.clamp(0, upper)
+    torch.testing.assert_close(e.double(), c.mean(0), atol=0.01, rtol=0.01)
+    torch.testing.assert_close(v.double(), c.var(0), atol=0.02, rtol=0.02)
+
+
+def test_bn_moments_match_data_through_resnet():
+    """Propagated input means of every layer track the measured ones on data that matches the BN stats."""
+    model = resnet8()
+    x = torch.randn(512, 3, 16, 16)
+    bn_stats_from_data(model, x)
+    folded, stats = fold_bn(model)
+    means = dfq.expected_layer_inputs(folded, stats, (torch.zeros(1), torch.ones(1)))
+    assert {"conv1", "layer1.0.conv1", "layer2.0.conv1", "linear"} <= set(means)
+    ins = {}
+    hooks = [folded.get_submodule(n).register_forward_hook(lambda mod, a, o, n=n: ins.__setitem__(n, a[0]))
+             for n in means]
+    folded(x)
+    for h in hooks:
+        h.remove()
+    for n in ("layer1.0.conv1", "layer1.0.conv2"):  # ReLU of a Gaussian: close, not exact
+        measured = ins[n].mean(dim=(0, 2, 3))
+        assert float((means[n] - measured).abs().max()) < 0.1 * float(measured.abs().max()) + 0.05

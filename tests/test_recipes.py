@@ -1,0 +1,127 @@
+"""pyquant.quantize and the recipes: contract, progress lines, report, bad input."""
+
+import pytest
+import torch
+from torch import nn
+
+import pyquant
+from pyquant.quant import FakeQuantizer, QuantConv2d, act_quantizers, quant_layers, sqnr_db
+
+from nets import bn_stats_from_data, mobilenet, no_bn_cnn, resnet8
+
+FAST = dict(num_samples=8, data_iterations=3, data_batch_size=8)
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_recipes_are_dataclasses_listing_their_steps():
+    assert {"zeroq", "dsg", "dfq", "aac_abn", "squant", "best"} <= set(pyquant.RECIPES)
+    dfq_steps = pyquant.RECIPES["dfq"].steps
+    assert dfq_steps.index("fold_bn") < dfq_steps.index("cle") < dfq_steps.index("absorb_high_bias")
+    assert "bias_correction:analytic" in dfq_steps and not any(s.startswith("distill") for s in dfq_steps)
+    assert "distill:zeroq" in pyquant.RECIPES["zeroq"].steps
+    assert "abn" in pyquant.RECIPES["aac_abn"].steps
+    r = pyquant.Recipe(name="mine", data="dsg", bias_correction="empirical")
+    assert r.replace(abn=True).abn and not r.abn
+    with pytest.raises(TypeError, match="unknown recipe setting"):
+        r.replace(nonsense=1)
+    with pytest.raises(ValueError, match="act_estimator"):
+        pyquant.Recipe(act_estimator="magic")
+
+
+@pytest.mark.parametrize("recipe", ["zeroq", "dsg", "aac_abn", "best"])
+def test_quantize_with_data_recipes(recipe, capsys):
+    # BN statistics of N(0, 1) inputs: the few-iteration synthetic data and the test inputs both fit them
+    model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    q = pyquant.quantize(model, recipe, w_bits=8, a_bits=8, input_shape=(3, 16, 16), **FAST)
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[pyquant.quantize]")]
+    assert len(lines) == len(q.recipe.steps)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    assert not any(isinstance(m, (FakeQuantizer, QuantConv2d)) for m in model.modules())
+    assert all(not m._forward_hooks for m in model.modules())
+    layers = quant_layers(q)
+    assert len(q.quant_report.layers) == len(layers) > 0
+    assert all(r.weight_bits == 8 and r.output_sqnr_db is not None for r in q.quant_report.layers)
+    assert all(a.calibrated for a in act_quantizers(q).values())
+    x = torch.randn(8, 3, 16, 16)
+    assert sqnr_db(model(x), q(x)) > 15.0
+    assert "all layers quantized" in str(q.quant_report)
+    pooled = act_quantizers(q)[layers["linear"].input_quantizer_name]
+    assert pooled.tied_to == "aq_layer3_0_relu2"  # average-pooled features share their source's grid
+    torch.testing.assert_close(pooled.scale, act_quantizers(q)["aq_layer3_0_relu2"].scale)
+
+
+def test_dfq_recipe_on_mobilenet_and_without_bn():
+    model = mobilenet()
+    q = pyquant.quantize(model, "dfq", w_bits=8, a_bits=8, input_shape=(3, 16, 16), progress=False)
+    assert q.relu6_replaced > 0
+    assert any(m.groups > 1 for m in quant_layers(q).values() if isinstance(m, QuantConv2d))
+    assert all(a.calibrated for a in act_quantizers(q).values())
+    plain = no_bn_cnn()
+    q2 = pyquant.quantize(plain, "dfq", w_bits=8, a_bits=8, input_shape=(3, 8, 8), progress=False)
+    x = torch.randn(4, 3, 8, 8)
+    assert sqnr_db(plain(x), q2(x)) > 20.0
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        pyquant.quantize(plain, "zeroq", input_shape=(3, 8, 8), progress=False)
+
+
+def test_first_last_bits_override_and_report_convention():
+    q = pyquant.quantize(resnet8(), "zeroq", w_bits=4, a_bits=4, input_shape=(3, 16, 16), first_last_bits=8,
+                         progress=False, **FAST)
+    bits = {r.name: r.weight_bits for r in q.quant_report.layers}
+    assert bits["conv1"] == 8 and bits["linear"] == 8 and bits["layer1.0.conv1"] == 4
+    assert q.quant_report.convention == "first/last layer at 8 bit"
+
+
+def test_bad_input():
+    model = resnet8()
+    for bad in (1, 9):
+        with pytest.raises(ValueError, match="w_bits"):
+            pyquant.quantize(model, "dfq", w_bits=bad, input_shape=(3, 16, 16), progress=False)
+    with pytest.raises(ValueError, match="a_bits"):
+        pyquant.quantize(model, "dfq", a_bits=0, input_shape=(3, 16, 16), progress=False)
+    with pytest.raises(ValueError, match="input_shape"):
+        pyquant.quantize(model, "dfq", input_shape=(4, 16, 16), progress=False)
+    with pytest.raises(ValueError, match="input_shape"):
+        pyquant.quantize(model, "dfq", input_shape=(3, -1, 16), progress=False)
+    with pytest.raises(ValueError, match="unknown recipe"):
+        pyquant.quantize(model, "nope", input_shape=(3, 16, 16), progress=False)
+    with pytest.raises(ValueError, match="device meta"):
+        pyquant.quantize(resnet8().to("meta"), "dfq", input_shape=(3, 16, 16), progress=False)
+    lstm = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.LayerNorm(4 * 14 * 14))
+    with pytest.raises(ValueError, match="LayerNorm"):
+        pyquant.quantize(lstm, "dfq", input_shape=(3, 16, 16), progress=False)
+    if not pyquant.build_info()["cuda"] and torch.cuda.is_available():  # pragma: no cover
+        with pytest.raises(ValueError, match="CUDA"):
+            pyquant.quantize(resnet8().cuda(), "dfq", input_shape=(3, 16, 16), progress=False)
+
+
+def test_squant_recipe_rounds_weights_with_squant():
+    from pyquant.dfq.squant import squant_weight
+
+    model = resnet8()
+    q = pyquant.quantize(model, "squant", w_bits=4, a_bits=8, input_shape=(3, 16, 16), progress=False)
+    for name, m in quant_layers(q).items():
+        wq = m.weight_quantizer
+        expected = squant_weight(m.weight_fp, wq.scale, wq.zero_point, wq.qmin, wq.qmax, axis=0)
+        torch.testing.assert_close(m.quantized_weight(), expected, rtol=0, atol=0)
+    assert all(r.weight_sqnr_db > 5 for r in q.quant_report.layers)
+
+
+def test_mixed_precision_allocation_respects_the_budget():
+    model = bn_stats_from_data(resnet8(), torch.randn(128, 3, 16, 16))
+    q = pyquant.quantize(model, "zeroq", w_bits=8, a_bits=8, input_shape=(3, 16, 16), mixed_precision_bits=5.0,
+                         progress=False, **FAST)
+    layers = quant_layers(q)
+    bits = {n: m.weight_quantizer.bits for n, m in layers.items()}
+    assert set(bits.values()) <= {2, 4, 8} and len(set(bits.values())) > 1
+    total = sum(m.weight.numel() * bits[n] for n, m in layers.items())
+    assert total <= 5.0 * sum(m.weight.numel() for m in layers.values())
