@@ -217,6 +217,35 @@ def test_nan_and_inf_behaviour():
     torch.testing.assert_close(x.grad, torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0]), rtol=0, atol=0)
 
 
+def float_zero_point_wide_grid_case():
+    """A 16-bit grid with float zero-points and large levels, where the fused and the unfused
+    ``x * inv_scale + zero_point`` round differently on some elements (asserted, so the case
+    discriminates)."""
+    g = torch.Generator().manual_seed(3)
+    scale = 10 ** (torch.rand(5, generator=g) * 4 - 3)
+    zp = torch.rand(5, generator=g) * 65535
+    x = torch.randn(64, 5, 256, generator=g) * scale[None, :, None] * 65535 / 3
+    return x, scale, zp
+
+
+def check_float_zero_point_fusion():
+    x, scale, zp = float_zero_point_wide_grid_case()
+    inv = (1.0 / scale)[None, :, None]
+    unfused = torch.round(x * inv + zp[None, :, None])
+    fused = torch.round((x.double() * inv.double() + zp[None, :, None].double()).float())
+    assert (unfused != fused).sum() >= 10, "the case no longer separates fused from unfused rounding"
+    y = ops.fake_quant(x, scale, zp, 0, 65535, axis=1)
+    assert torch.equal(y, torch.fake_quantize_per_channel_affine(x, scale, zp, 1, 0, 65535))
+    assert torch.equal(y, reference.fake_quant(x, scale, zp, 0, 65535, 1))
+
+
+def test_float_zero_point_rounding_matches_aten_on_wide_grids():
+    """ATen fuses ``x * inv_scale + zero_point`` (one rounding) in its AVX2/AVX-512 builds and not in
+    its portable one; pyquant and the reference follow it per CPU variant (the subprocess test below
+    checks the other variants)."""
+    check_float_zero_point_fusion()
+
+
 @pytest.mark.parametrize("isa", ["default", "avx2"])
 def test_lower_cpu_variants_bit_exact(isa):
     """Every compiled CPU variant gives the same bits (ATEN_CPU_CAPABILITY selects it per process)."""
@@ -261,11 +290,18 @@ for dtype in (torch.float32, torch.bfloat16):
     rdxp, rdap = pyquant.reference.pact_backward(gp, x.float(), alpha, 3, 1)
     assert torch.equal(dxp, rdxp)
     torch.testing.assert_close(dap.double(), rdap, rtol=1e-5, atol=1e-5)
+from pyquant import reference
+FUSION_CHECK
+check_float_zero_point_fusion()
 special = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.25])
 ys = ops.fake_quant(special, 0.1, 1, -8, 7)
 assert torch.isnan(ys[0]) and abs(ys[1].item() - 0.6) < 1e-6 and abs(ys[2].item() + 0.9) < 1e-6
 print("ok")
 """ % isa
+    import inspect
+
+    script = script.replace("FUSION_CHECK", inspect.getsource(float_zero_point_wide_grid_case)
+                            + inspect.getsource(check_float_zero_point_fusion))
     env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

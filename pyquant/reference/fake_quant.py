@@ -42,8 +42,27 @@ def _params(x, scale, zero_point, qmin, qmax, axis, lsq_rounding=False):
     return s, inv, z, z_float
 
 
+def _fused_multiply_add(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+    """float32 a * b + c with one rounding: the product of two float32 values is exact in float64, so
+    only the sum is rounded before the final rounding to float32 (the two roundings can disagree with a
+    true FMA only when the float64 sum lands exactly on a float32 half-way point, which needs operands
+    about 2^29 apart in magnitude; far outside any quantization grid)."""
+    return (a.double() * b.double() + c.double()).to(torch.float32)
+
+
+def float_zero_point_is_fused(device: torch.device) -> bool:
+    """Whether ATen (and so pyquant) fuses ``x * inv_scale + zero_point`` for float zero-points on
+    this device: CUDA (nvcc's default --fmad=true) and the AVX2/AVX-512 CPU builds (compiled with
+    -mfma and GCC's default contraction) do; the portable CPU build does not."""
+    if device.type == "cuda":
+        return True
+    return torch.backends.cpu.get_cpu_capability() != "DEFAULT"
+
+
 def _levels(x32, inv, z, z_float):
     if z_float:
+        if float_zero_point_is_fused(x32.device):
+            return torch.round(_fused_multiply_add(x32, inv, z))
         return torch.round(x32 * inv + z)
     return torch.round(x32 * inv) + z
 

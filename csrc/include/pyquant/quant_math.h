@@ -8,7 +8,9 @@
 //   * rounding is half-to-even (nearbyint / rint under the default rounding mode);
 //   * integer zero-point: q = round(x * inv_scale) + zero_point      (round, then shift)
 //     float zero-point:   q = round(x * inv_scale + zero_point)      (shift, then round; ATen's rule
-//                                                                     for float zero-points)
+//                                                                     for float zero-points; the
+//                          multiply-add is fused (one rounding) where ATen's build fuses it: CUDA and
+//                          the AVX2/AVX-512 CPU capabilities, not the portable one)
 //   * y = (clamp(q, qmin, qmax) - zero_point) * scale in float32 (in double, rounded once, for float
 //     zero-points: ATen's expression).
 // All values stay exact in float32 because |q|, |zero_point| <= 2^17 (checked on the host).
@@ -76,7 +78,15 @@ PYQ_HOST_DEVICE float quant_level(float x, const AffineParams& p) {
   if (kMode == ZeroPointMode::kInteger) {
     return round_half_even(x * p.inv_scale) + p.zero_point;
   } else {
+#if defined(__CUDA_ARCH__)
+    // ATen's CUDA kernel is built with nvcc's default --fmad=true, which fuses this expression; we
+    // build with --fmad=false, so fuse explicitly to keep one rounding as ATen does.
+    return round_half_even(__fmaf_rn(x, p.inv_scale, p.zero_point));
+#else
+    // Portable (DEFAULT) CPU path: unfused, as ATen's default-capability build. The AVX2/AVX-512
+    // kernels fuse (fake_quant_kernel.cpp), as ATen's builds for those capabilities do.
     return round_half_even(x * p.inv_scale + p.zero_point);
+#endif
   }
 }
 

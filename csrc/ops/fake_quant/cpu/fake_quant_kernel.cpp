@@ -293,7 +293,9 @@ void forward_typed(const scalar_t* x, scalar_t* y, uint64_t* mask, int64_t begin
       if constexpr (kMode == ZeroPointMode::kInteger) {
         q = (xv * p.inv_scale).round() + p.zero_point;
       } else {
-        q = (xv * p.inv_scale + p.zero_point).round();
+        // Fused multiply-add, as ATen's AVX2/AVX-512 builds compile `zero_point + x * inv_scale`
+        // (-mfma with GCC's default contraction): one rounding, not two.
+        q = at::vec::fmadd(xv, p.inv_scale, p.zero_point).round();
       }
       const Vec qc = clamp_keep_nan(q, p.qmin, p.qmax);
       Vec yv;
