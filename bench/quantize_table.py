@@ -116,8 +116,12 @@ def main(argv=None):
     p.add_argument("--out", default="bench/results/quantize_table.json")
     p.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "pyquant_quantize_table"))
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--report-only", action="store_true", help="print the tables of --out and exit")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.report_only:
+        write_report(args, json.load(open(args.out)))
+        return
     data_dir = find_shared_data()
     if data_dir is None:
         sys.exit("shared data folder not found (set PYQUANT_DATA)")
@@ -156,7 +160,16 @@ def main(argv=None):
         results["runs"][key] = {"top1": top1, "distill_s": distill_s, "quantize_s": quantize_s}
         save_json(args.out, results)
         tqdm.write(f"{key}: {top1:.2f} % (data {distill_s:.0f} s + quantize {quantize_s:.1f} s)")
-    table = summarize(results, args.models, recipes, args.configs, convention)
+    write_report(args, results)
+
+
+def write_report(args, results):
+    """Tables for every convention present in the JSON (all recipes found there)."""
+    conventions = sorted({k.split("|")[3] for k in results["runs"]})
+    recipes = sorted({k.split("|")[1] for k in results["runs"]})
+    models = [m for m in args.models if m in results["fp32"]]
+    table = "\n".join(summarize(results, models, [r for r in recipes if any(
+        k.split("|")[1] == r and k.split("|")[3] == c for k in results["runs"])], args.configs, c) for c in conventions)
     print(table)
     with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
         f.write(f"settings: {json.dumps(results['settings'])}\n{table}\n")

@@ -159,3 +159,16 @@ def test_fold_without_bn_is_identity():
     x = torch.randn(2, 3, 8, 8)
     assert stats == {}
     torch.testing.assert_close(folded(x), model(x))
+
+
+@pytest.mark.parametrize("depth", [20, 56])
+def test_resnet20_and_56_structure(depth):
+    import pyquant
+
+    model = pyquant.models.resnet_cifar(depth)
+    folded, stats = fold_bn(model)
+    assert len(stats) == depth - 1  # every conv has its BN; the classifier has none
+    q = prepare(folded, QuantSpec(bits=4, axis=0), QuantSpec(bits=4, signed=False))
+    n_relu = sum(isinstance(m, nn.ReLU) for m in model.modules())
+    assert len(q.act_quantizer_sites) == 1 + n_relu + 1
+    assert len(quant_layers(q)) == depth

@@ -50,7 +50,10 @@ def adaptive_bn(qmodel: nn.Module, bn_stats: Dict, data: Tensor, match_std: bool
             if match_std:
                 if wq.axis != 0 or wq.scale.numel() != ratio.numel():
                     raise ValueError(f"adaptive_bn: layer '{name}' needs per-channel (axis 0) weight quantization")
-                mod.weight.mul_(ratio.reshape((-1,) + (1,) * (mod.weight.dim() - 1)).float())
+                per_out = ratio.reshape((-1,) + (1,) * (mod.weight.dim() - 1)).float()
+                mod.weight.mul_(per_out)
+                if getattr(mod, "weight_fp", None) is not None:  # SQuant-rounded layers keep their FP32 weight
+                    mod.weight_fp.mul_(per_out)
                 wq.scale = (wq.scale.double() * ratio).float()
             bias.copy_(new_bias.float())
             done[name] = float(ratio.log().abs().mean())
