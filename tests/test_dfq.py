@@ -91,6 +91,7 @@ def _layer_mean_error(q, ref, x, name):
     return float((outs[0] - outs[1]).abs().mean())
 
 
+@torch.no_grad()
 def _output_mean_error(q, ref, x):
     return float((q(x).mean(0) - ref(x).mean(0)).abs().mean())
 
