@@ -6,6 +6,7 @@ from pyquant.int8.convert import convert
 from pyquant.int8.faithfulness import compare_codes, fake_quant_codes, int8_codes
 from pyquant.int8.modules import Add, AvgPool2d, Conv2d, Dequantize, Grid, Linear, Quantize
 from pyquant.int8.serialize import load, save
+from pyquant.int8.onnx_export import export_onnx
 
-__all__ = ["convert", "save", "load", "compare_codes", "fake_quant_codes", "int8_codes", "Linear",
+__all__ = ["convert", "save", "load", "export_onnx", "compare_codes", "fake_quant_codes", "int8_codes", "Linear",
            "Conv2d", "Quantize", "Dequantize", "Add", "AvgPool2d", "Grid"]

@@ -24,12 +24,14 @@ _PLAIN = (int, float, bool, str, type(None))
 
 
 def _function_name(fn) -> str:
-    mod = getattr(fn, "__module__", None) or ""
-    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", "")
     for key, m in _FUNCTION_MODULES.items():
-        if getattr(m, name, None) is fn:
+        name = getattr(fn, "__name__", None)
+        if name and getattr(m, name, None) is fn:
             return f"{'operator' if key == '_operator' else key}:{name}"
-    raise ValueError(f"save: function {mod}.{name} is not in torch, torch.nn.functional or operator; cannot store it")
+        for name, value in vars(m).items():  # wrappers such as F.max_pool2d carry another __name__
+            if value is fn and not name.startswith("_"):
+                return f"{'operator' if key == '_operator' else key}:{name}"
+    raise ValueError(f"save: function {fn!r} is not in torch, torch.nn.functional or operator; cannot store it")
 
 
 def _resolve_function(spec: str):
