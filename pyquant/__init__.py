@@ -14,6 +14,7 @@ from pyquant import calib, distill, models  # noqa: E402  (pyquant.distill.zeroq
 from pyquant import mixed  # noqa: E402  (pyquant.mixed.layer_sensitivity, allocate_bits, pareto_frontier)
 from pyquant import dfq, quant  # noqa: E402
 from pyquant.recipes import RECIPES, Recipe, quantize  # noqa: E402
+from pyquant import int8  # noqa: E402  (pyquant.int8.convert, save, load, export_onnx)
 
 __all__ = ["__version__", "build_info", "ops", "reference", "calib", "distill", "mixed", "models", "quant", "dfq",
            "quantize", "Recipe", "RECIPES"]
