@@ -33,6 +33,29 @@ def predictions(model, x, batch_size=500):
                                                                          desc="eval", leave=False)])
 
 
+def float64_fake_quant(fq):
+    """The fake-quant network evaluated in float64 (quantizers keep their float32 rounding rule via
+    pyquant.reference.fake_quant; convolutions and adds in double): near-exact arithmetic between quantizers,
+    to tell which of float32 fake-quant and int8 is closer to it."""
+    import copy
+    import types
+
+    from pyquant.quant.quantizer import FakeQuantizer
+    from pyquant.reference.fake_quant import fake_quant
+
+    m = copy.deepcopy(fq).double()
+    for q in m.modules():
+        if isinstance(q, FakeQuantizer):
+            q.scale = q.scale.float()
+
+            def forward(self, x):
+                if not self.enabled:
+                    return x
+                return fake_quant(x, self.scale, self.zero_point, self.qmin, self.qmax, self.axis)
+            q.forward = types.MethodType(forward, q)
+    return lambda x: m(x.double())
+
+
 @torch.no_grad()
 def time_rounds(models: dict, x: torch.Tensor, rounds: int, iters: int) -> dict:
     """Median seconds per call of each model, measured round by round in turn (interleaved)."""
@@ -57,6 +80,8 @@ def _save(res, path):
 def _print_accuracy(res):
     print(f"top-1 FP32 {res['top1_fp32']:.2f} %  fake-quant {res['top1_fake_quant']:.2f} %  int8 {res['top1_int8']:.2f} %"
           f"  agreement int8 vs fake-quant {res['agreement_int8_vs_fake_quant']:.2f} %", flush=True)
+    print(f"float64 fake-quant agrees with int8 on {res['agreement_int8_vs_fake_quant_float64']:.2f} %, with "
+          f"float32 fake-quant on {res['agreement_fake_quant_float32_vs_float64']:.2f} %", flush=True)
     for mode in ("layerwise", "end_to_end"):
         per = res[f"codes_{mode}"]
         print(f"codes {mode}: min equal {100 * min(v['equal'] for v in per.values()):.4f} %, "
@@ -90,6 +115,9 @@ def main():
     res["top1_fake_quant"] = 100.0 * (p_fq == y).double().mean().item()
     res["top1_int8"] = 100.0 * (p_q == y).double().mean().item()
     res["agreement_int8_vs_fake_quant"] = 100.0 * (p_fq == p_q).double().mean().item()
+    p_64 = predictions(float64_fake_quant(fq), x)
+    res["agreement_int8_vs_fake_quant_float64"] = 100.0 * (p_64 == p_q).double().mean().item()
+    res["agreement_fake_quant_float32_vs_float64"] = 100.0 * (p_64 == p_fq).double().mean().item()
     sub = x[::10]  # 1,000 images, every class
     for mode, layerwise in (("layerwise", True), ("end_to_end", False)):
         reps = [int8.compare_codes(fq, q, sub[i:i + 250], layerwise=layerwise) for i in range(0, len(sub), 250)]

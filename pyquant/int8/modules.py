@@ -49,16 +49,18 @@ class Grid:
         return asdict(self)
 
 
-def quantize(x: Tensor, grid: Grid, upper: Optional[int] = None) -> Tensor:
-    """uint8 codes ``clamp(round_half_even(x * (1/scale)) + zero_point, qmin, min(qmax, upper))``."""
-    q = torch.round(x.float() * grid.inv_scale) + grid.zero_point
+def quantize(x: Tensor, grid: Grid, upper: Optional[int] = None, inplace: bool = False) -> Tensor:
+    """uint8 codes ``clamp(round_half_even(x * (1/scale)) + zero_point, qmin, min(qmax, upper))``
+    (``inplace``: ``x`` is a float32 temporary that may be overwritten)."""
+    q = x.mul_(grid.inv_scale) if inplace and x.dtype == torch.float32 else x.float() * grid.inv_scale
+    q = q.round_().add_(grid.zero_point)
     hi = grid.qmax if upper is None else min(grid.qmax, upper)
     return q.clamp_(grid.qmin, hi).to(torch.uint8)
 
 
 def dequantize(q: Tensor, grid: Grid) -> Tensor:
     """``(code - zero_point) * scale`` in float32 (exact difference, one rounding)."""
-    return (q.to(torch.float32) - grid.zero_point) * grid.scale
+    return q.to(torch.float32, copy=True).sub_(grid.zero_point).mul_(grid.scale)
 
 
 def relu6_code(grid: Grid) -> int:
@@ -256,10 +258,10 @@ class Add(_Int8Module):
         b = b if self.in_grids[1] is None else dequantize(b, self.in_grids[1])
         y = a + b
         if self.relu6:
-            y = y.clamp(0.0, 6.0)
+            y.clamp_(0.0, 6.0)
         elif self.relu:
-            y = y.clamp_min(0.0)
-        return y if self.out_grid is None else quantize(y, self.out_grid)
+            y.clamp_min_(0.0)
+        return y if self.out_grid is None else quantize(y, self.out_grid, inplace=True)
 
     def config(self):
         return {"in_grids": [_dict_or_none(g) for g in self.in_grids], "out_grid": _dict_or_none(self.out_grid),
@@ -297,7 +299,7 @@ class AvgPool2d(_Int8Module):
             y = F.adaptive_avg_pool2d(x, self.output_size)
         else:
             y = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.count_include_pad)
-        return y if self.out_grid is None else quantize(y, self.out_grid)
+        return y if self.out_grid is None else quantize(y, self.out_grid, inplace=True)
 
     def config(self):
         return {"in_grid": self.in_grid.to_dict(), "out_grid": _dict_or_none(self.out_grid),
