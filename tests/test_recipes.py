@@ -59,6 +59,27 @@ def test_quantize_with_data_recipes(recipe, capsys):
     torch.testing.assert_close(pooled.scale, act_quantizers(q)["aq_layer3_0_relu2"].scale)
 
 
+def test_abn_below_bits_skips_abn_at_8_bit_only():
+    model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
+    data = torch.randn(32, 3, 16, 16)
+    x = torch.randn(8, 3, 16, 16)
+    kw = dict(input_shape=(3, 16, 16), data=data, progress=False)
+    q8 = pyquant.quantize(model, "best", w_bits=8, a_bits=8, **kw)
+    assert not q8.recipe.abn and "abn" not in [s["step"] for s in q8.quant_report.steps]
+    # identical to the same recipe with ABN switched off by hand
+    torch.testing.assert_close(q8(x), pyquant.quantize(model, "best", w_bits=8, a_bits=8, abn=False, **kw)(x),
+                               rtol=0, atol=0)
+    for w, a in ((6, 6), (4, 8), (8, 4)):
+        q = pyquant.quantize(model, "best", w_bits=w, a_bits=a, **kw)
+        assert q.recipe.abn and "abn" in [s["step"] for s in q.quant_report.steps], (w, a)
+    # None = always, as for aac_abn
+    assert pyquant.quantize(model, "best", w_bits=8, a_bits=8, abn_below_bits=None, **kw).recipe.abn
+    with pytest.raises(ValueError, match="abn_below_bits"):
+        pyquant.Recipe(abn_below_bits=12)
+    with pytest.raises(TypeError, match="abn_below_bits"):
+        pyquant.Recipe(abn_below_bits=8.0)
+
+
 def test_dfq_recipe_on_mobilenet_and_without_bn():
     model = mobilenet()
     q = pyquant.quantize(model, "dfq", w_bits=8, a_bits=8, input_shape=(3, 16, 16), progress=False)
