@@ -183,6 +183,30 @@ k8::Epilogue offset_epilogue(const k8::Epilogue& e, int64_t row, int64_t col) {
   return o;
 }
 
+// How a GEMM is cut into parallel tasks: (group, block of `block` row units, chunk of weight panels).
+// Row blocks shrink, and the panels split into chunks, until every thread has about two tasks.
+struct TaskSplit {
+  int64_t block, m_blocks, n_chunks, panels_per_chunk, tasks;
+  int64_t group(int64_t t) const { return t / (m_blocks * n_chunks); }
+  int64_t row_block(int64_t t) const { return (t / n_chunks) % m_blocks; }
+  int64_t chunk(int64_t t) const { return t % n_chunks; }
+};
+
+TaskSplit split_tasks(int64_t row_units, int64_t groups, int64_t panels, int64_t max_block) {
+  const int64_t threads = at::get_num_threads();
+  TaskSplit s{};
+  s.block = max_block;
+  while (s.block > 1 && groups * ((row_units + s.block - 1) / s.block) * panels < 2 * threads) s.block /= 2;
+  s.m_blocks = (row_units + s.block - 1) / s.block;
+  s.n_chunks = 1;
+  if (groups * s.m_blocks < 2 * threads) {
+    s.n_chunks = std::min<int64_t>(panels, (2 * threads + groups * s.m_blocks - 1) / (groups * s.m_blocks));
+  }
+  s.panels_per_chunk = (panels + s.n_chunks - 1) / s.n_chunks;
+  s.tasks = groups * s.m_blocks * s.n_chunks;
+  return s;
+}
+
 // Row source: returns a pointer to the K activation bytes of row m of group g (may fill `scratch`).
 template <typename RowFn>
 void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* payload, const k8::Epilogue& e,
@@ -192,24 +216,15 @@ void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* p
   const int64_t panels = k8::num_panels(npg);
   const int64_t pbytes = k8::panel_bytes(K);
   const int64_t sbytes = k8::strip_bytes(K);
-  const int64_t threads = at::get_num_threads();
-  int64_t block = kMBlockStrips;
-  // Small M: shrink the row blocks so every thread gets work.
-  while (block > 1 && groups * ((strips + block - 1) / block) * panels < 2 * threads) block /= 2;
-  const int64_t m_blocks = (strips + block - 1) / block;
-  int64_t n_chunks = 1;
-  if (groups * m_blocks < 2 * threads) {
-    n_chunks = std::min<int64_t>(panels, (2 * threads + groups * m_blocks - 1) / (groups * m_blocks));
-  }
-  const int64_t panels_per_chunk = (panels + n_chunks - 1) / n_chunks;
-  const int64_t tasks = groups * m_blocks * n_chunks;
+  const TaskSplit split = split_tasks(strips, groups, panels, kMBlockStrips);
+  const int64_t block = split.block, panels_per_chunk = split.panels_per_chunk, tasks = split.tasks;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> a_buf(static_cast<size_t>(block * sbytes));
     std::vector<uint8_t> scratch(static_cast<size_t>(k4 * 4), 0);
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t g = t / (m_blocks * n_chunks);
-      const int64_t mb = (t / n_chunks) % m_blocks;
-      const int64_t nc = t % n_chunks;
+      const int64_t g = split.group(t);
+      const int64_t mb = split.row_block(t);
+      const int64_t nc = split.chunk(t);
       const int64_t s0 = mb * block;
       const int64_t s1 = std::min(strips, s0 + block);
       // Pack the block's rows: [strip][K4][6][4], zero rows and zero K tail.
@@ -261,16 +276,8 @@ void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_
   const int64_t row_blocks = (M + k8::kAmxRows - 1) / k8::kAmxRows;
   const int64_t panels = k8::num_panels(npg);
   const int64_t pbytes = k8::panel_bytes(K);
-  const int64_t threads = at::get_num_threads();
-  int64_t block = kAmxBlocks;
-  while (block > 1 && groups * ((row_blocks + block - 1) / block) * panels < 2 * threads) block /= 2;
-  const int64_t m_blocks = (row_blocks + block - 1) / block;
-  int64_t n_chunks = 1;
-  if (groups * m_blocks < 2 * threads) {
-    n_chunks = std::min<int64_t>(panels, (2 * threads + groups * m_blocks - 1) / (groups * m_blocks));
-  }
-  const int64_t panels_per_chunk = (panels + n_chunks - 1) / n_chunks;
-  const int64_t tasks = groups * m_blocks * n_chunks;
+  const TaskSplit split = split_tasks(row_blocks, groups, panels, kAmxBlocks);
+  const int64_t block = split.block, panels_per_chunk = split.panels_per_chunk, tasks = split.tasks;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
     std::vector<uint8_t> a_buf(static_cast<size_t>(block * k8::kAmxRows * lda));
     alignas(64) int32_t c_buf[2][k8::kAmxRows * 32];
@@ -287,9 +294,9 @@ void run_gemm_amx(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_
     };
     k8::amx_begin();
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t g = t / (m_blocks * n_chunks);
-      const int64_t mb = (t / n_chunks) % m_blocks;
-      const int64_t nc = t % n_chunks;
+      const int64_t g = split.group(t);
+      const int64_t mb = split.row_block(t);
+      const int64_t nc = split.chunk(t);
       const int64_t m0 = mb * block * k8::kAmxRows;
       const int64_t m1 = std::min(M, m0 + block * k8::kAmxRows);
       const int64_t padded_rows = (m1 - m0 + k8::kAmxRows - 1) / k8::kAmxRows * k8::kAmxRows;
