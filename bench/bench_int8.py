@@ -1,4 +1,4 @@
-"""int8 GEMM / conv benchmark: pyquant's int8_linear / int8_conv2d against torch._int_mm,
+"""int8 GEMM / conv benchmark (csrc/ops/int8_gemm): pyquant's int8_linear / int8_conv2d against torch._int_mm,
 torch.ao.nn.quantized.Linear / Conv2d on the fbgemm, x86 and onednn engines, and fp32 matmul / conv2d,
 all in the same run. Variants are interleaved round by round (the machine is shared) and the median
 round is reported. Also measures the machine's AVX-512 VNNI peak with a tight vpdpbusd loop.

@@ -1,4 +1,4 @@
-"""Reference for the int8 ops (int8_linear, int8_conv2d): integer accumulation in int64 (linear) or
+"""Reference for the int8 ops of csrc/ops/int8_gemm (int8_linear, int8_conv2d): integer accumulation in int64 (linear) or
 exact float64 (conv: every partial sum is an integer below 2^53), then the epilogue of
 csrc/include/pyquant/requantize.h in float32, operation by operation:
 
