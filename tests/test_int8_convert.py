@@ -10,7 +10,7 @@ from torch import nn
 
 import pyquant
 from pyquant import int8
-from pyquant.models import mobilenet_v2_cifar, resnet_cifar
+from pyquant.models import mobilenet_v2_cifar, randomize_bn, resnet_cifar
 
 
 class SmallNet(nn.Module):
@@ -40,15 +40,7 @@ class SmallNet(nn.Module):
 
 
 def _randomize_bn(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            c = m.num_features
-            m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-            m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(c, generator=g) * 0.2)
-    return model.eval()
+    return randomize_bn(model, seed, mean_std=0.2)
 
 
 def _quantize(model, w_bits=8, a_bits=8, n=32, seed=0, **kw):

@@ -11,6 +11,8 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from pyquant.models import random_bn
+
 
 def _conv_bn_relu6(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=False),
@@ -63,12 +65,5 @@ def mobilenet_v2_cifar(num_classes: int = 10, state_dict: Optional[dict] = None,
     if state_dict is not None:
         model.load_state_dict(state_dict, strict=True)
     elif randomize_bn:
-        g = torch.Generator().manual_seed(seed)
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.3)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                m.weight.data.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.data.copy_(torch.randn(c, generator=g) * 0.3)
+        return random_bn.randomize_bn(model, seed)
     return model.eval()
