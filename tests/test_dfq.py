@@ -142,6 +142,56 @@ def test_abn_matches_bn_statistics_on_the_data():
         torch.testing.assert_close(var.sqrt(), stats[name].out_std, atol=1e-4, rtol=1e-3)
 
 
+def _layer_output_moments(model, names, x):
+    outs = {}
+    mods = dict(model.named_modules())
+    hooks = [mods[n].register_forward_hook(lambda mod, a, o, n=n: outs.__setitem__(n, o.double())) for n in names]
+    with torch.no_grad():
+        model(x)
+    for h in hooks:
+        h.remove()
+    return {n: (o.mean(dim=(0, 2, 3)), o.var(dim=(0, 2, 3), unbiased=False).sqrt()) for n, o in outs.items()}
+
+
+@pytest.mark.parametrize("bn_weight", [0.0, 0.5])
+def test_abn_blended_target_between_fp32_data_statistics_and_bn(bn_weight):
+    # BN statistics that the data do not reproduce (as with synthetic data): the two targets differ
+    model = bn_stats_from_data(resnet8(), 1.7 * torch.randn(256, 3, 16, 16) + 0.3)
+    folded, stats = fold_bn(model)
+    q = prepare(folded, QuantSpec(bits=3, axis=0), None)
+    quantize_weights(q)
+    x = torch.randn(64, 3, 16, 16)
+    names = ("conv1", "layer1.0.conv1", "layer2.0.conv2")
+    fp = _layer_output_moments(folded, names, x)
+    dfq.adaptive_bn(q, stats, x, bn_weight=bn_weight, fp_model=folded)
+    got = _layer_output_moments(q, names, x)
+    for name in names:
+        beta, gamma = stats[name].out_mean.double(), stats[name].out_std.double()
+        want_mean = (1 - bn_weight) * fp[name][0] + bn_weight * beta
+        want_std = fp[name][1] ** (1 - bn_weight) * gamma ** bn_weight
+        assert (want_std - gamma).abs().max() > 0.05, "the test needs targets that differ"
+        torch.testing.assert_close(got[name][0], want_mean, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got[name][1], want_std, atol=1e-4, rtol=1e-3)
+
+
+def test_abn_bn_weight_one_is_the_paper_and_bad_weights_raise():
+    model = resnet8()
+    folded, stats = fold_bn(model)
+    x = torch.randn(32, 3, 16, 16)
+    outs = []
+    for kw in ({}, {"bn_weight": 1.0, "fp_model": folded}):
+        q = prepare(folded, QuantSpec(bits=4, axis=0), None)
+        quantize_weights(q)
+        dfq.adaptive_bn(q, stats, x, **kw)
+        outs.append(q(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="fp_model"):
+        dfq.adaptive_bn(q, stats, x, bn_weight=0.5)
+    for bad in (-0.1, 1.5, float("nan"), True):
+        with pytest.raises(ValueError, match="bn_weight"):
+            dfq.adaptive_bn(q, stats, x, bn_weight=bad, fp_model=folded)
+
+
 @pytest.mark.parametrize("upper", [math.inf, 6.0])
 def test_clipped_gaussian_moments_match_monte_carlo(upper):
     mean = torch.tensor([-1.0, 0.0, 0.5, 3.0, 7.0])

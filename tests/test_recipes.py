@@ -80,6 +80,30 @@ def test_abn_below_bits_skips_abn_at_8_bit_only():
         pyquant.Recipe(abn_below_bits=8.0)
 
 
+def test_input_calibration_standardized_sets_only_the_input_quantizer():
+    model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
+    # wider than the N(0, 1) inputs the BN statistics came from, as synthetic images are
+    data = 2.5 * torch.randn(32, 3, 16, 16) + 0.5
+    kw = dict(input_shape=(3, 16, 16), data=data, progress=False, abn=False)
+    plain = pyquant.quantize(model, "best", w_bits=6, a_bits=6, input_calibration="data", **kw)
+    std = pyquant.quantize(model, "best", w_bits=6, a_bits=6, input_calibration="standardized", **kw)
+    (name, q_in), = pyquant.quant.input_quantizers(std).items()
+    assert name == "aq_x"
+    standardized = (data - data.mean(dim=(2, 3), keepdim=True)) / data.std(dim=(2, 3), keepdim=True)
+    torch.testing.assert_close(standardized.std(dim=(2, 3)), torch.ones(32, 3))
+    want = FakeQuantizer(q_in.spec).calibrate(standardized)
+    torch.testing.assert_close(q_in.scale, want.scale, rtol=0, atol=0)
+    torch.testing.assert_close(q_in.zero_point, want.zero_point, rtol=0, atol=0)
+    assert float(q_in.scale) < 0.6 * float(act_quantizers(plain)["aq_x"].scale)
+    for n, q in act_quantizers(std).items():
+        if n != "aq_x":
+            torch.testing.assert_close(q.scale, act_quantizers(plain)[n].scale, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="input_calibration"):
+        pyquant.Recipe(input_calibration="magic")
+    with pytest.raises(ValueError, match="abn_bn_weight"):
+        pyquant.Recipe(abn_bn_weight=1.5)
+
+
 def test_dfq_recipe_on_mobilenet_and_without_bn():
     model = mobilenet()
     q = pyquant.quantize(model, "dfq", w_bits=8, a_bits=8, input_shape=(3, 16, 16), progress=False)

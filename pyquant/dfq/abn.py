@@ -10,11 +10,20 @@ re-estimated BN statistics give ``y' = (y - m) |gamma| / s + beta``. For per-cha
 quantization this is exact in the quantized model: the weight quantizer's scale is multiplied by
 ``|gamma| / s`` (the integer weights are unchanged) and the bias becomes ``(b - m) |gamma| / s + beta``.
 Layers are corrected in one forward pass in topological order, as train-mode BN would.
+
+Target statistics (``bn_weight``). ABN's target is the trained BN statistics (``bn_weight=1``, the
+paper). On synthetic data that only approximately reproduces those statistics, that target also
+"corrects" the generator's own mismatch, which compounds over deep networks (ResNet-56: -2 pt at W8A8
+where the quantization shift is negligible). ``bn_weight=0`` targets instead the FP32 network's
+statistics on the same data (``fp_model``), which corrects only the shift quantization causes;
+``0 < bn_weight < 1`` shrinks between the two: mean ``(1-w) mu_fp + w beta``, std
+``s_fp^(1-w) |gamma|^w``. docs/pipeline.md measures the three on ResNet-20/56.
 """
 
 from __future__ import annotations
 
-from typing import Dict
+import dataclasses
+from typing import Dict, Optional
 
 import torch
 from torch import Tensor, nn
@@ -22,12 +31,58 @@ from torch import Tensor, nn
 from pyquant.quant.graph import quant_layers
 
 
+def _output_moments(model: nn.Module, names, data: Tensor) -> Dict[str, tuple]:
+    """{layer: (per-channel mean, std)} of each named layer's output on ``data`` (float64)."""
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise ValueError(f"adaptive_bn: fp_model has no layer(s) {missing}")
+    moments = {}
+
+    def hook_for(name):
+        def hook(mod, args, out):
+            dims = [d for d in range(out.dim()) if d != 1]
+            var, mean = torch.var_mean(out.double(), dim=dims, unbiased=False)
+            moments[name] = (mean, var.sqrt())
+        return hook
+
+    handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
+    try:
+        model(data)
+    finally:
+        for h in handles:
+            h.remove()
+    return moments
+
+
+def blended_targets(bn_stats: Dict, fp_moments: Dict[str, tuple], bn_weight: float) -> Dict:
+    """bn_stats with each layer's (out_mean, out_std) moved from the FP32 moments on the data towards
+    the trained BN statistics by ``bn_weight`` (linear in the mean, geometric in the std)."""
+    out = dict(bn_stats)
+    for name, (mean, std) in fp_moments.items():
+        st = bn_stats[name]
+        w = bn_weight
+        out[name] = dataclasses.replace(
+            st, out_mean=((1 - w) * mean + w * st.out_mean.double()).to(st.out_mean.dtype),
+            out_std=(std.clamp(min=1e-12) ** (1 - w) * st.out_std.double() ** w).to(st.out_std.dtype))
+    return out
+
+
 @torch.no_grad()
 def adaptive_bn(qmodel: nn.Module, bn_stats: Dict, data: Tensor, match_std: bool = True,
-                max_ratio: float = 4.0) -> Dict[str, float]:
+                max_ratio: float = 4.0, bn_weight: float = 1.0,
+                fp_model: Optional[nn.Module] = None) -> Dict[str, float]:
     """In place on a prepared model with quantized weights (per-channel, axis 0). Returns
-    {layer: mean |log std ratio|}. ``max_ratio`` bounds the std correction (guards dead channels)."""
+    {layer: mean |log std ratio|}. ``max_ratio`` bounds the std correction (guards dead channels).
+    ``bn_weight`` in [0, 1] and ``fp_model`` (the FP32 folded model, same layer names): the target
+    statistics, see the module doc; 1 (the default) needs no ``fp_model``."""
+    if isinstance(bn_weight, bool) or not isinstance(bn_weight, (int, float)) or not 0.0 <= bn_weight <= 1.0:
+        raise ValueError(f"adaptive_bn: bn_weight must be a number in [0, 1], got {bn_weight!r}")
     layers = {n: m for n, m in quant_layers(qmodel).items() if n in bn_stats}
+    if bn_weight < 1.0:
+        if fp_model is None:
+            raise ValueError("adaptive_bn: bn_weight < 1 needs fp_model (the FP32 model the targets are measured on)")
+        bn_stats = blended_targets(bn_stats, _output_moments(fp_model, list(layers), data), float(bn_weight))
     done = {}
 
     def hook_for(name):

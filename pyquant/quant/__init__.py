@@ -15,6 +15,7 @@ from pyquant.quant.graph import (
     calibrate_activations,
     check_supported,
     fold_bn,
+    input_quantizers,
     prepare,
     quant_layers,
     quantize_weights,
@@ -30,5 +31,6 @@ from pyquant.quant.spec import QuantSpec
 
 __all__ = ["QuantSpec", "FakeQuantizer", "QuantConv2d", "QuantLinear", "FoldedBN", "fold_bn", "prepare", "trace",
            "check_supported", "activation_sites", "quantize_weights", "calibrate_activations", "quant_layers",
-           "act_quantizers", "set_activation_quant", "replace_relu6", "resolve_ties", "QuantReport", "LayerReport",
+           "act_quantizers", "input_quantizers", "set_activation_quant", "replace_relu6", "resolve_ties", "QuantReport",
+           "LayerReport",
            "build_report", "sqnr_db"]

@@ -334,6 +334,13 @@ def act_quantizers(gm: nn.Module) -> Dict[str, FakeQuantizer]:
     return {n: m for n, m in gm.named_modules() if isinstance(m, FakeQuantizer) and n.startswith("aq_")}
 
 
+def input_quantizers(gm: nn.Module) -> Dict[str, FakeQuantizer]:
+    """The activation quantizers on the network's inputs (placeholders)."""
+    placeholders = {n.name for n in gm.graph.nodes if n.op == "placeholder"} if isinstance(gm, fx.GraphModule) else set()
+    sites = getattr(gm, "act_quantizer_sites", {})
+    return {n: q for n, q in act_quantizers(gm).items() if sites.get(n) in placeholders}
+
+
 def quantize_weights(gm: nn.Module) -> None:
     """Computes every weight quantizer's per-channel qparams from its (current) weight."""
     for m in quant_layers(gm).values():
