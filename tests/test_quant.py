@@ -172,3 +172,19 @@ def test_resnet20_and_56_structure(depth):
     n_relu = sum(isinstance(m, nn.ReLU) for m in model.modules())
     assert len(q.act_quantizer_sites) == 1 + n_relu + 1
     assert len(quant_layers(q)) == depth
+
+
+def test_forward_hooks_are_removed_after_the_block_and_on_error():
+    from pyquant.quant.hooks import forward_hooks
+
+    layer = nn.Linear(3, 2)
+    seen = []
+    with forward_hooks([(layer, lambda m, a, out: seen.append(out.shape))]):
+        layer(torch.zeros(4, 3))
+    layer(torch.zeros(5, 3))
+    assert seen == [torch.Size([4, 2])] and not layer._forward_hooks
+    with pytest.raises(RuntimeError, match="boom"):
+        with forward_hooks([(layer, lambda m, a, out: out * 2)]):
+            raise RuntimeError("boom")
+    assert not layer._forward_hooks
+    torch.testing.assert_close(layer(torch.ones(1, 3)), nn.functional.linear(torch.ones(1, 3), layer.weight, layer.bias))

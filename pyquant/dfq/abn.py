@@ -29,6 +29,7 @@ import torch
 from torch import Tensor, nn
 
 from pyquant.quant.graph import quant_layers
+from pyquant.quant.hooks import forward_hooks
 
 
 def _output_moments(model: nn.Module, names, data: Tensor) -> Dict[str, tuple]:
@@ -46,12 +47,8 @@ def _output_moments(model: nn.Module, names, data: Tensor) -> Dict[str, tuple]:
             moments[name] = (mean, var.sqrt())
         return hook
 
-    handles = [modules[n].register_forward_hook(hook_for(n)) for n in names]
-    try:
+    with forward_hooks((modules[n], hook_for(n)) for n in names):
         model(data)
-    finally:
-        for h in handles:
-            h.remove()
     return moments
 
 
@@ -115,10 +112,6 @@ def adaptive_bn(qmodel: nn.Module, bn_stats: Dict, data: Tensor, match_std: bool
             return new_out.float()
         return hook
 
-    handles = [m.register_forward_hook(hook_for(n)) for n, m in layers.items()]
-    try:
+    with forward_hooks((m, hook_for(n)) for n, m in layers.items()):
         qmodel(data)
-    finally:
-        for h in handles:
-            h.remove()
     return done

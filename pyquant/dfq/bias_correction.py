@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from pyquant.dfq.moments import Moments, expected_layer_inputs, weight_times_input
 from pyquant.quant.graph import quant_layers, trace
+from pyquant.quant.hooks import forward_hooks
 
 
 def _channel_mean(out: Tensor) -> Tensor:
@@ -48,15 +49,10 @@ def empirical_bias_correction(qmodel: nn.Module, fp_model: nn.Module, data: Tens
     batch) matches the FP32 model's (same layer names). Returns {layer: max |correction|}."""
     fp_modules = dict(fp_model.named_modules())
     layers = {n: m for n, m in quant_layers(qmodel).items() if n in fp_modules}
-    targets, handles = {}, []
-    for n in layers:
-        handles.append(fp_modules[n].register_forward_hook(
-            lambda mod, a, out, n=n: targets.__setitem__(n, _channel_mean(out))))
-    try:
+    targets = {}
+    with forward_hooks((fp_modules[n], lambda mod, a, out, n=n: targets.__setitem__(n, _channel_mean(out)))
+                       for n in layers):
         fp_model(data)
-    finally:
-        for h in handles:
-            h.remove()
     done = {}
 
     def correct(name):
@@ -67,10 +63,6 @@ def empirical_bias_correction(qmodel: nn.Module, fp_model: nn.Module, data: Tens
             return out + delta.reshape((1, -1) + (1,) * (out.dim() - 2))
         return hook
 
-    handles = [m.register_forward_hook(correct(n)) for n, m in layers.items()]
-    try:
+    with forward_hooks((m, correct(n)) for n, m in layers.items()):
         qmodel(data)
-    finally:
-        for h in handles:
-            h.remove()
     return done

@@ -10,6 +10,7 @@ from torch import Tensor, fx, nn
 
 from pyquant.int8.convert import activation_grid
 from pyquant.quant.graph import act_quantizers
+from pyquant.quant.hooks import forward_hooks
 
 
 @torch.no_grad()
@@ -25,12 +26,9 @@ def fake_quant_codes(fake_quant_model: nn.Module, x: Tensor) -> Dict[str, Tensor
 
         def hook(mod, inp, out, name=name, grid=grid):
             codes[name] = torch.round(out.float() / grid.scale).to(torch.int32) + grid.zero_point
-        hooks.append(q.register_forward_hook(hook))
-    try:
+        hooks.append((q, hook))
+    with forward_hooks(hooks):
         fake_quant_model(x)
-    finally:
-        for h in hooks:
-            h.remove()
     return codes
 
 

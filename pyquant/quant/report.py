@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from pyquant.quant.graph import act_quantizers, quant_layers
+from pyquant.quant.hooks import forward_hooks
 
 
 def sqnr_db(reference: Tensor, quantized: Tensor) -> float:
@@ -70,18 +71,12 @@ def build_report(qmodel: nn.Module, fp_model: nn.Module, data: Optional[Tensor],
     outputs_q, outputs_fp = {}, {}
     if data is not None:
         fp_modules = dict(fp_model.named_modules())
-        handles = []
-        for name, m in layers.items():
-            handles.append(m.register_forward_hook(lambda mod, a, out, n=name: outputs_q.__setitem__(n, out)))
-            if name in fp_modules:
-                handles.append(fp_modules[name].register_forward_hook(
-                    lambda mod, a, out, n=name: outputs_fp.__setitem__(n, out)))
-        try:
+        hooks = [(m, lambda mod, a, out, n=name: outputs_q.__setitem__(n, out)) for name, m in layers.items()]
+        hooks += [(fp_modules[name], lambda mod, a, out, n=name: outputs_fp.__setitem__(n, out))
+                  for name in layers if name in fp_modules]
+        with forward_hooks(hooks):
             qmodel(data)
             fp_model(data)
-        finally:
-            for h in handles:
-                h.remove()
     report = QuantReport(recipe=recipe, w_bits=w_bits, a_bits=a_bits, convention=convention)
     for name, m in layers.items():
         wq = m.weight_quantizer
