@@ -12,6 +12,8 @@ import pyquant
 from pyquant import int8
 from pyquant.models import mobilenet_v2_cifar, randomize_bn, resnet_cifar
 
+from nets import torchvision_style_resnet
+
 
 class SmallNet(nn.Module):
     """Covers every conversion rule: input quantizer, conv+BN+ReLU (fused requantize), residual add + ReLU,
@@ -127,6 +129,15 @@ def test_convert_mobilenet_v2_depthwise():
     assert any(m.groups > 1 and m.groups == m.w_q.shape[0] for m in q.modules() if isinstance(m, int8.Conv2d))
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
     _check_faithful(fq, q, x)
+
+
+def test_convert_torchvision_style_resnet():
+    # shared ReLU module, projection (conv1x1 + BN) shortcuts, bottleneck, max-pool stem
+    fq = _quantize(_randomize_bn(torchvision_style_resnet()))
+    q = int8.convert(fq)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    report = _check_faithful(fq, q, x)
+    assert len(report) == 1 + 8 + 1  # input, every ReLU call, the pooled features
 
 
 def test_convert_resnet20_random_weights():

@@ -9,9 +9,10 @@ from pyquant.calib import MinMaxEstimator
 from pyquant.quant import (FakeQuantizer, QuantConv2d, QuantLinear, QuantSpec, act_quantizers, calibrate_activations,
                            fold_bn, prepare, quant_layers, quantize_weights, sqnr_db)
 
-from nets import assert_close_rel, mobilenet, no_bn_cnn, resnet8, sequential_cnn
+from nets import assert_close_rel, mobilenet, no_bn_cnn, resnet8, sequential_cnn, torchvision_style_resnet
 
-NETS = {"resnet8": resnet8, "mobilenet": mobilenet, "sequential": sequential_cnn}
+NETS = {"resnet8": resnet8, "mobilenet": mobilenet, "sequential": sequential_cnn,
+        "torchvision": torchvision_style_resnet}
 
 
 @pytest.fixture(autouse=True)
@@ -82,6 +83,23 @@ def test_resnet_placement_policy():
         assert m.input_quantizer_name in sites, name
     assert q.get_submodule("conv1").input_quantizer_name == "aq_x"
     assert act_quantizers(q)["aq_relu"].qmin == 0  # ReLU outputs: unsigned grid
+
+
+def test_torchvision_style_resnet_placement():
+    # one ReLU module called twice per block, projection shortcuts, max-pool stem, torch.flatten
+    model = torchvision_style_resnet()
+    _, q = _prepared(model)
+    sites = q.act_quantizer_sites
+    relu_calls = [n for n in q.graph.nodes if n.op == "call_module" and isinstance(
+        q.get_submodule(n.target), nn.ReLU)]
+    assert len(relu_calls) == 1 + 2 * 2 + 3  # stem, 2 per BasicBlock, 3 in the Bottleneck
+    # every ReLU call has its own quantizer, plus the input and the pooled features
+    assert len(sites) == 1 + len(relu_calls) + 1
+    for name, m in quant_layers(q).items():  # the downsample convs read the block input's grid
+        assert m.input_quantizer_name in sites, name
+    assert q.get_submodule("layer1.1.downsample.0").input_quantizer_name == \
+        q.get_submodule("layer1.1.conv1").input_quantizer_name
+    assert q.get_submodule("layer1.0.conv1").input_quantizer_name != "aq_x"  # max-pool reads the stem ReLU's grid
 
 
 def test_mobilenet_placement_quantizes_adds_and_linear_bottlenecks():

@@ -7,7 +7,7 @@ from torch import nn
 import pyquant
 from pyquant.quant import FakeQuantizer, QuantConv2d, act_quantizers, quant_layers, sqnr_db
 
-from nets import bn_stats_from_data, mobilenet, no_bn_cnn, resnet8
+from nets import bn_stats_from_data, mobilenet, no_bn_cnn, resnet8, torchvision_style_resnet
 
 FAST = dict(num_samples=8, data_iterations=3, data_batch_size=8)
 
@@ -102,6 +102,17 @@ def test_input_calibration_standardized_sets_only_the_input_quantizer():
         pyquant.Recipe(input_calibration="magic")
     with pytest.raises(ValueError, match="abn_bn_weight"):
         pyquant.Recipe(abn_bn_weight=1.5)
+
+
+@pytest.mark.parametrize("recipe", ["dfq", "best"])
+def test_recipes_on_a_torchvision_style_resnet(recipe):
+    model = bn_stats_from_data(torchvision_style_resnet(), torch.randn(256, 3, 32, 32))
+    q = pyquant.quantize(model, recipe, w_bits=8, a_bits=8, input_shape=(3, 32, 32), progress=False, **(
+        FAST if recipe == "best" else {}))
+    assert all(a.calibrated for a in act_quantizers(q).values())
+    assert len(q.quant_report.layers) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    x = torch.randn(16, 3, 32, 32)
+    assert sqnr_db(model(x), q(x)) > 15.0
 
 
 def test_dfq_recipe_on_mobilenet_and_without_bn():
