@@ -5,7 +5,7 @@ Named recipes (``RECIPES``): ``zeroq`` (Cai et al. 2020: ZeroQ data, min-max ran
 (Zhang et al. 2021: DSG data, min-max), ``dfq`` (Nagel et al. 2019: no data; ReLU6->ReLU, CLE,
 high-bias absorption, BN-based activation ranges, analytic bias correction), ``aac_abn`` (He et al.
 2022: AAC data, min-max clipping on it, ABN), ``squant`` (Guo et al. 2022: SQuant rounding, no data;
-BN-based activation ranges) and ``best`` (the combination that measured best on ResNet-20, see
+BN-based activation ranges) and ``best`` (the combination that measured best on ResNet-20 and -56, see
 docs/pipeline.md). Every step is also a public function (pyquant.quant, pyquant.dfq).
 """
 
