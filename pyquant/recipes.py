@@ -144,13 +144,13 @@ RECIPES: Dict[str, Recipe] = {
                   bias_correction="analytic", act_estimator="bn"),
     "aac_abn": Recipe(name="aac_abn", data="aac", abn=True),
     "squant": Recipe(name="squant", data=None, weight_rounding="squant", act_estimator="bn"),
-    # Measured on ResNet-20 and -56 (docs/pipeline.md): Lp weight clips (p = 2.4, Genie's choice), MSE
-    # activation clips with the input quantizer calibrated on standardized data, ABN on the fully quantized
-    # network below 8 bit (at W8A8 it cost 1.4 pt on ResNet-56) with its target halfway between the FP32
-    # network's statistics on the data and the trained BN statistics (either end loses 2-3 pt on one of the
-    # two networks). Empirical bias correction on top of ABN measured worse.
-    "best": Recipe(name="best", data="zeroq", weight_estimator="mse", weight_p=2.4, act_estimator="mse", abn=True,
-                   abn_after_activations=True, abn_below_bits=8, abn_bn_weight=0.5,
+    # Measured on ResNet-20 and -56 (docs/pipeline.md): Lp weight clips (p = 2.4, Genie's choice) with SQuant
+    # rounding on that grid, MSE activation clips with the input quantizer calibrated on standardized data,
+    # ABN on the fully quantized network below 8 bit (at W8A8 it cost 1.4 pt on ResNet-56) with its target
+    # halfway between the FP32 network's statistics on the data and the trained BN statistics (either end
+    # loses 2-3 pt on one of the two networks). Empirical bias correction on top of ABN measured worse.
+    "best": Recipe(name="best", data="zeroq", weight_estimator="mse", weight_p=2.4, weight_rounding="squant",
+                   act_estimator="mse", abn=True, abn_after_activations=True, abn_below_bits=8, abn_bn_weight=0.5,
                    input_calibration="standardized"),
 }
 
