@@ -97,6 +97,9 @@ class Recipe:
                              f"estimators need data (set data= 'zeroq', 'dsg' or 'aac', or act_estimator='bn')")
         if self.first_last_bits is not None:
             _check_bits("first_last_bits", self.first_last_bits)
+        if self.input_calibration != "data" and self.act_estimator == "bn":
+            raise ValueError(f"Recipe.input_calibration={self.input_calibration!r} needs a data-based act_estimator; "
+                             f"with act_estimator='bn' every range, the input's too, comes from the BN statistics")
         if isinstance(self.abn_bn_weight, bool) or not isinstance(self.abn_bn_weight, (int, float)) \
                 or not 0.0 <= self.abn_bn_weight <= 1.0:
             raise ValueError(f"Recipe.abn_bn_weight must be a number in [0, 1], got {self.abn_bn_weight!r}")

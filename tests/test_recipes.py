@@ -100,6 +100,8 @@ def test_input_calibration_standardized_sets_only_the_input_quantizer():
             torch.testing.assert_close(q.scale, act_quantizers(plain)[n].scale, rtol=0, atol=0)
     with pytest.raises(ValueError, match="input_calibration"):
         pyquant.Recipe(input_calibration="magic")
+    with pytest.raises(ValueError, match="input_calibration"):
+        pyquant.RECIPES["dfq"].replace(input_calibration="standardized")
     with pytest.raises(ValueError, match="abn_bn_weight"):
         pyquant.Recipe(abn_bn_weight=1.5)
 
