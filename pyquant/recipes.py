@@ -100,9 +100,7 @@ class Recipe:
         if self.input_calibration != "data" and self.act_estimator == "bn":
             raise ValueError(f"Recipe.input_calibration={self.input_calibration!r} needs a data-based act_estimator; "
                              f"with act_estimator='bn' every range, the input's too, comes from the BN statistics")
-        if isinstance(self.abn_bn_weight, bool) or not isinstance(self.abn_bn_weight, (int, float)) \
-                or not 0.0 <= self.abn_bn_weight <= 1.0:
-            raise ValueError(f"Recipe.abn_bn_weight must be a number in [0, 1], got {self.abn_bn_weight!r}")
+        dfq.abn.check_bn_weight(self.abn_bn_weight, "Recipe.abn_bn_weight")
         if self.abn_below_bits is not None:
             if isinstance(self.abn_below_bits, bool) or not isinstance(self.abn_below_bits, int):
                 raise TypeError(f"Recipe.abn_below_bits must be an int or None, got {type(self.abn_below_bits).__name__}")
@@ -311,8 +309,9 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
     def calibrate_activations():
         qgraph.calibrate_activations(qm, data)
         if recipe.input_calibration == "standardized":
+            standardized = _standardize(data)
             for q in qgraph.input_quantizers(qm).values():
-                q.calibrate(_standardize(data))
+                q.calibrate(standardized)
             qgraph.resolve_ties(qm)
 
     if recipe.abn and not recipe.abn_after_activations:

@@ -23,13 +23,25 @@ statistics on the same data (``fp_model``), which corrects only the shift quanti
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from pyquant.quant.graph import quant_layers
 from pyquant.quant.hooks import forward_hooks
+
+
+def check_bn_weight(value, who: str) -> None:
+    """``value`` must be a real number in [0, 1] (bool excluded); the error names ``who``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{who} must be a number in [0, 1], got {value!r}")
+
+
+def _channel_moments(out: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-channel (dim 1) mean and population std of a layer output, in float64."""
+    var, mean = torch.var_mean(out.double(), dim=[d for d in range(out.dim()) if d != 1], unbiased=False)
+    return mean, var.sqrt()
 
 
 def _output_moments(model: nn.Module, names, data: Tensor) -> Dict[str, tuple]:
@@ -42,9 +54,7 @@ def _output_moments(model: nn.Module, names, data: Tensor) -> Dict[str, tuple]:
 
     def hook_for(name):
         def hook(mod, args, out):
-            dims = [d for d in range(out.dim()) if d != 1]
-            var, mean = torch.var_mean(out.double(), dim=dims, unbiased=False)
-            moments[name] = (mean, var.sqrt())
+            moments[name] = _channel_moments(out)
         return hook
 
     with forward_hooks((modules[n], hook_for(n)) for n in names):
@@ -57,8 +67,7 @@ def blended_targets(bn_stats: Dict, fp_moments: Dict[str, tuple], bn_weight: flo
     the trained BN statistics by ``bn_weight`` (linear in the mean, geometric in the std)."""
     out = dict(bn_stats)
     for name, (mean, std) in fp_moments.items():
-        st = bn_stats[name]
-        w = bn_weight
+        st, w = bn_stats[name], bn_weight
         out[name] = dataclasses.replace(
             st, out_mean=((1 - w) * mean + w * st.out_mean.double()).to(st.out_mean.dtype),
             out_std=(std.clamp(min=1e-12) ** (1 - w) * st.out_std.double() ** w).to(st.out_std.dtype))
@@ -73,8 +82,7 @@ def adaptive_bn(qmodel: nn.Module, bn_stats: Dict, data: Tensor, match_std: bool
     {layer: mean |log std ratio|}. ``max_ratio`` bounds the std correction (guards dead channels).
     ``bn_weight`` in [0, 1] and ``fp_model`` (the FP32 folded model, same layer names): the target
     statistics, see the module doc; 1 (the default) needs no ``fp_model``."""
-    if isinstance(bn_weight, bool) or not isinstance(bn_weight, (int, float)) or not 0.0 <= bn_weight <= 1.0:
-        raise ValueError(f"adaptive_bn: bn_weight must be a number in [0, 1], got {bn_weight!r}")
+    check_bn_weight(bn_weight, "adaptive_bn: bn_weight")
     layers = {n: m for n, m in quant_layers(qmodel).items() if n in bn_stats}
     if bn_weight < 1.0:
         if fp_model is None:
@@ -86,11 +94,9 @@ def adaptive_bn(qmodel: nn.Module, bn_stats: Dict, data: Tensor, match_std: bool
         st = bn_stats[name]
 
         def hook(mod, args, out):
-            dims = [d for d in range(out.dim()) if d != 1]
-            var, mean = torch.var_mean(out.double(), dim=dims, unbiased=False)
+            mean, std = _channel_moments(out)
             shape = (1, -1) + (1,) * (out.dim() - 2)
             if match_std:
-                std = var.sqrt()
                 ratio = torch.where(std > 1e-8, st.out_std.double() / std.clamp(min=1e-12), torch.ones_like(std))
                 ratio = ratio.clamp(1.0 / max_ratio, max_ratio)
             else:
