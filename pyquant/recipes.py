@@ -15,7 +15,7 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -57,6 +57,12 @@ class Recipe:
     ``bn`` (mean +- act_n_std std from the BN statistics, DFQ; tensors without BN moments fall back
     to min-max on Gaussian noise). first_last_bits: bits of the first/last layer (None = as the rest).
     mixed_precision_bits: average weight bits for ZeroQ's Pareto allocation (None = uniform).
+    select_among: names of other recipes to build on the same data beside this one; the candidate whose
+    outputs stay closest to the FP32 network's on held-out synthetic samples is returned
+    (pyquant.selection; () = no selection). select_holdout: how many held-out samples are generated
+    for that (taken from the end of ``data=`` when the caller gives data but no ``holdout=``).
+    select_signal: what "closest" means (pyquant.selection.SIGNALS): ``kl`` (the outputs' KL divergence
+    from FP32's) or ``bn_mismatch`` (the quantized network's statistics against the trained BN ones).
     """
 
     name: str = "custom"
@@ -82,13 +88,17 @@ class Recipe:
     act_n_std: float = 6.0
     first_last_bits: Optional[int] = None
     mixed_precision_bits: Optional[float] = None
+    select_among: Tuple[str, ...] = ()
+    select_holdout: int = 32
+    select_signal: str = "kl"
 
     def __post_init__(self):
         checks = [("data", self.data, GENERATORS + (None,)), ("weight_estimator", self.weight_estimator, WEIGHT_ESTIMATORS),
                   ("weight_rounding", self.weight_rounding, ("nearest", "squant")),
                   ("bias_correction", self.bias_correction, (None, "analytic", "empirical")),
                   ("act_estimator", self.act_estimator, ACT_ESTIMATORS),
-                  ("input_calibration", self.input_calibration, ("data", "standardized"))]
+                  ("input_calibration", self.input_calibration, ("data", "standardized")),
+                  ("select_signal", self.select_signal, ("kl", "bn_mismatch"))]
         for name, value, allowed in checks:
             if value not in allowed:
                 raise ValueError(f"Recipe.{name} must be one of {allowed}, got {value!r}")
@@ -101,6 +111,11 @@ class Recipe:
             raise ValueError(f"Recipe.input_calibration={self.input_calibration!r} needs a data-based act_estimator; "
                              f"with act_estimator='bn' every range, the input's too, comes from the BN statistics")
         dfq.abn.check_bn_weight(self.abn_bn_weight, "Recipe.abn_bn_weight")
+        if isinstance(self.select_among, str) or not all(isinstance(n, str) for n in self.select_among):
+            raise TypeError(f"Recipe.select_among must be a tuple of recipe names, got {self.select_among!r}")
+        self.select_among = tuple(self.select_among)
+        if isinstance(self.select_holdout, bool) or not isinstance(self.select_holdout, int) or self.select_holdout < 1:
+            raise ValueError(f"Recipe.select_holdout must be a positive int, got {self.select_holdout!r}")
         if self.abn_below_bits is not None:
             if isinstance(self.abn_below_bits, bool) or not isinstance(self.abn_below_bits, int):
                 raise TypeError(f"Recipe.abn_below_bits must be an int or None, got {type(self.abn_below_bits).__name__}")
@@ -129,6 +144,8 @@ class Recipe:
         if self.abn and self.abn_after_activations:
             s += ["abn", f"calibrate_activations:{self.act_estimator}"]
         s.append("report")
+        if self.select_among:
+            s.append("select:" + ",".join((self.name,) + tuple(self.select_among)))
         return s
 
     def replace(self, **changes) -> "Recipe":
@@ -238,12 +255,14 @@ def _distill(recipe: Recipe, model: nn.Module, input_shape, seed: int, progress:
 
 
 def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int = 8, input_shape: Sequence[int],
-             seed: int = 0, progress: bool = True, data: Optional[torch.Tensor] = None, **overrides) -> nn.Module:
+             seed: int = 0, progress: bool = True, data: Optional[torch.Tensor] = None,
+             holdout: Optional[torch.Tensor] = None, **overrides) -> nn.Module:
     """A fake-quantized copy of ``model`` (which is not modified), built by ``recipe`` (a name from
     ``RECIPES`` or a :class:`Recipe`; ``overrides`` replace its settings, e.g. ``first_last_bits=8``).
     Prints one line per step. The result is a torch.fx GraphModule with QuantConv2d / QuantLinear and
     activation FakeQuantizers (``aq_*``), carrying ``quant_report`` (:class:`QuantReport`),
-    ``recipe`` and ``bn_stats``. ``data``: use these calibration inputs instead of generating them."""
+    ``recipe`` and ``bn_stats``. ``data``: use these calibration inputs instead of generating them;
+    ``holdout``: the held-out samples a selecting recipe (``select_among``) judges its candidates on."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_bits("w_bits", w_bits)
@@ -255,6 +274,9 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
     if recipe.abn and recipe.abn_below_bits is not None and min(w_bits, a_bits) >= recipe.abn_below_bits:
         recipe = recipe.replace(abn=False)  # the returned model's .recipe says what ran
     device = _check_device(model)
+    if recipe.select_among:
+        return _quantize_selecting(model, recipe, w_bits=w_bits, a_bits=a_bits, shape=shape, seed=seed,
+                                   progress=progress, data=data, holdout=holdout)
     steps = recipe.steps
     step = _Progress(steps, progress)
     torch.manual_seed(seed)
@@ -353,6 +375,52 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
     qm.bn_stats = bn_stats
     qm.relu6_replaced = n_relu6
     return qm.eval()
+
+
+# Settings that describe the quantization convention rather than a pipeline: a selecting recipe passes
+# them on to its alternatives, so every candidate is judged at the same bit-widths.
+CONVENTION_SETTINGS = ("first_last_bits", "mixed_precision_bits")
+
+
+def _quantize_selecting(model, recipe: Recipe, *, w_bits, a_bits, shape, seed, progress, data, holdout):
+    """Builds ``recipe`` itself and each of ``recipe.select_among`` on the same synthetic data and returns
+    the one closest to FP32 on held-out synthetic samples (pyquant.selection)."""
+    from pyquant import selection
+
+    unknown = [n for n in recipe.select_among if n not in RECIPES]
+    if unknown:
+        raise ValueError(f"Recipe.select_among: unknown recipe(s) {unknown}; choose from {sorted(RECIPES)}")
+    own = recipe.replace(select_among=())
+    shared = {k: getattr(recipe, k) for k in CONVENTION_SETTINGS}
+    fp = copy.deepcopy(model).eval()
+    if data is None:
+        if own.data is None:
+            raise ValueError(f"recipe {recipe.name!r} selects on held-out synthetic samples: it needs a generator "
+                             f"(Recipe.data) or data=")
+        if not any(isinstance(m, qgraph.BN_LAYERS) for m in fp.modules()):
+            raise ValueError(f"recipe {recipe.name!r} distills data from BatchNorm statistics, but the model has no "
+                             f"BatchNorm layer; use a data-free recipe such as 'dfq' (or pass data=)")
+        t0 = time.perf_counter()
+        n = own.num_samples
+        generated = _distill(own.replace(num_samples=n + recipe.select_holdout), fp, shape, seed, progress)
+        data, holdout = (generated[:n], generated[n:]) if holdout is None else (generated[:n], holdout)
+        if progress:
+            print(f"[pyquant.quantize] distill:{own.data} {n} + {recipe.select_holdout} held-out samples "
+                  f"{time.perf_counter() - t0:7.2f} s", flush=True)
+    elif holdout is None:
+        h = min(recipe.select_holdout, data.shape[0] // 4)
+        data, holdout = (data, data) if h < 1 else (data[:-h], data[-h:])
+
+    def build(candidate: Recipe):
+        return lambda: quantize(model, candidate, w_bits=w_bits, a_bits=a_bits, input_shape=shape, seed=seed,
+                                progress=False, data=data)
+
+    builders = [(own.name, build(own))] + [(n, build(get_recipe(n).replace(**shared))) for n in recipe.select_among]
+    qm, chosen = selection.select(fp, builders, holdout, progress, signal=recipe.select_signal)
+    qm.quant_report.selection = chosen
+    qm.quant_report.recipe = f"{recipe.name} -> {chosen.chosen}"
+    qm.selection = chosen
+    return qm
 
 
 def _standardize(x: torch.Tensor) -> torch.Tensor:

@@ -47,6 +47,7 @@ class QuantReport:
     layers: List[LayerReport] = field(default_factory=list)
     activations: Dict[str, dict] = field(default_factory=dict)
     steps: List[dict] = field(default_factory=list)
+    selection: Optional[object] = None  # pyquant.selection.Selection when the recipe chose among candidates
 
     def to_dict(self) -> dict:
         return asdict(self)
