@@ -57,9 +57,12 @@ def recipe_available(name: str) -> bool:
     return True
 
 
-def synthetic_data(model, model_name, generator, seed, args, cache):
-    """Generated once per (model, generator, seed, size) and cached on disk with its generation time."""
-    key = f"{model_name}_{generator}_s{seed}_n{args.num_samples}_it{args.iterations}"
+def synthetic_data(model, model_name, generator, seed, args, cache, holdout=0):
+    """Generated once per (model, generator, seed, size) and cached on disk with its generation time.
+    ``holdout`` extra samples (for the selecting recipes) come after the first ``num_samples``, which are
+    the same with or without them (one seed per batch of 64)."""
+    num = args.num_samples + holdout
+    key = f"{model_name}_{generator}_s{seed}_n{num}_it{args.iterations}"
     path = os.path.join(args.cache_dir, key + ".pt")
     sidecar = os.path.join(args.cache_dir, key + ".seconds")
     if os.path.isfile(path) and (key in cache or os.path.isfile(sidecar)):
@@ -68,7 +71,7 @@ def synthetic_data(model, model_name, generator, seed, args, cache):
         return torch.load(path, weights_only=True), cache[key]
     t0 = time.perf_counter()
     fn = getattr(pyquant.distill, generator)
-    data = fn(model, args.num_samples, (3, 32, 32), batch_size=min(64, args.num_samples), iterations=args.iterations,
+    data = fn(model, num, (3, 32, 32), batch_size=min(64, num), iterations=args.iterations,
               seed=seed, progress=False)
     seconds = time.perf_counter() - t0
     os.makedirs(args.cache_dir, exist_ok=True)
@@ -147,17 +150,22 @@ def main(argv=None):
         if model_name not in results["fp32"]:
             results["fp32"][model_name] = evaluate_top1(model, images, labels)
         generator = pyquant.RECIPES[recipe].data
-        data, distill_s = (None, 0.0)
+        holdout_n = pyquant.RECIPES[recipe].select_holdout if pyquant.RECIPES[recipe].select_among else 0
+        data, holdout, distill_s = None, None, 0.0
         if generator is not None:
-            data, distill_s = synthetic_data(model, model_name, generator, seed, args, results["distill_seconds"])
+            data, distill_s = synthetic_data(model, model_name, generator, seed, args, results["distill_seconds"],
+                                             holdout_n)
+            data, holdout = data[:args.num_samples], (data[args.num_samples:] if holdout_n else None)
         w, a = CONFIGS[config]
         bar.set_postfix_str(key)
         t0 = time.perf_counter()
         q = pyquant.quantize(model, recipe, w_bits=w, a_bits=a, input_shape=(3, 32, 32), seed=seed, data=data,
-                             progress=False, first_last_bits=args.first_last_bits)
+                             holdout=holdout, progress=False, first_last_bits=args.first_last_bits)
         quantize_s = time.perf_counter() - t0
         top1 = evaluate_top1(q, images, labels)
         results["runs"][key] = {"top1": top1, "distill_s": distill_s, "quantize_s": quantize_s}
+        if getattr(q.quant_report, "selection", None) is not None:
+            results["runs"][key]["selected"] = q.quant_report.selection.chosen
         save_json(args.out, results)
         tqdm.write(f"{key}: {top1:.2f} % (data {distill_s:.0f} s + quantize {quantize_s:.1f} s)")
     write_report(args, results)

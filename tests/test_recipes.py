@@ -63,7 +63,8 @@ def test_abn_below_bits_skips_abn_at_8_bit_only():
     model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
     data = torch.randn(32, 3, 16, 16)
     x = torch.randn(8, 3, 16, 16)
-    kw = dict(input_shape=(3, 16, 16), data=data, progress=False)
+    # best's own pipeline: select_among=() switches its per-model choice off (tests/test_selection.py)
+    kw = dict(input_shape=(3, 16, 16), data=data, progress=False, select_among=())
     q8 = pyquant.quantize(model, "best", w_bits=8, a_bits=8, **kw)
     assert not q8.recipe.abn and "abn" not in [s["step"] for s in q8.quant_report.steps]
     # identical to the same recipe with ABN switched off by hand
@@ -84,7 +85,7 @@ def test_input_calibration_standardized_sets_only_the_input_quantizer():
     model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
     # wider than the N(0, 1) inputs the BN statistics came from, as synthetic images are
     data = 2.5 * torch.randn(32, 3, 16, 16) + 0.5
-    kw = dict(input_shape=(3, 16, 16), data=data, progress=False, abn=False)
+    kw = dict(input_shape=(3, 16, 16), data=data, progress=False, abn=False, select_among=())
     plain = pyquant.quantize(model, "best", w_bits=6, a_bits=6, input_calibration="data", **kw)
     std = pyquant.quantize(model, "best", w_bits=6, a_bits=6, input_calibration="standardized", **kw)
     (name, q_in), = pyquant.quant.input_quantizers(std).items()

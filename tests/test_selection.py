@@ -88,7 +88,10 @@ def test_selecting_recipe_returns_exactly_the_chosen_candidates_model():
                              w_bits=4, a_bits=4, input_shape=(3, 16, 16), data=calib, progress=False, **FAST)
     x = torch.randn(8, 3, 16, 16)
     torch.testing.assert_close(q(x), alone(x), rtol=0, atol=0)
-    assert output_divergence(model, q, holdout) == pytest.approx(divergences[sel.chosen], rel=1e-12)
+    from pyquant.selection import divergence
+
+    assert recipe.select_signal == "bn_mismatch"  # best's
+    assert divergence("bn_mismatch", model, q, holdout) == pytest.approx(divergences[sel.chosen], rel=1e-12)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
 
@@ -110,6 +113,19 @@ def test_given_data_without_holdout_splits_off_its_last_quarter():
     recipe = pyquant.RECIPES["zeroq"].replace(select_among=("dfq",), select_holdout=100)
     q = pyquant.quantize(model, recipe, w_bits=8, a_bits=8, input_shape=(3, 16, 16), data=data, progress=False)
     assert q.quant_report.selection.holdout_samples == 5
+
+
+def test_best_selects_by_bn_mismatch_and_skips_candidates_that_build_the_same_model():
+    model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
+    data = torch.randn(40, 3, 16, 16)
+    kw = dict(input_shape=(3, 16, 16), data=data[:32], holdout=data[32:], progress=False)
+    q8 = pyquant.quantize(model, "best", w_bits=8, a_bits=8, **kw)
+    # at W8A8 best runs no ABN, so lp_squant would rebuild the same model
+    assert [c["recipe"] for c in q8.quant_report.selection.candidates] == ["best", "zeroq", "dfq", "squant"]
+    q4 = pyquant.quantize(model, "best", w_bits=4, a_bits=4, **kw)
+    assert [c["recipe"] for c in q4.quant_report.selection.candidates] == ["best", "lp_squant", "zeroq", "dfq",
+                                                                            "squant"]
+    assert "BN-statistic" in q4.quant_report.selection.signal
 
 
 def test_selection_settings_are_validated():
