@@ -31,6 +31,7 @@ __all__ = [
     "histogram",
     "histogram_range",
     "int8_conv2d",
+    "int8_add",
     "int8_linear",
     "pack_int8_weight",
     "PackedInt8Weight",
@@ -672,6 +673,48 @@ def int8_conv2d(
         w.data, w.col_sum, w.scale, list(w.shape[2:]), bias,
         list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups, os_, oz, bool(relu), _kernel,
     )
+
+
+def int8_add(
+    a_q: Tensor,
+    a_scale: TensorOrNumber,
+    a_zero_point: Union[int, Tensor],
+    b_q: Tensor,
+    b_scale: TensorOrNumber,
+    b_zero_point: Union[int, Tensor],
+    out_scale: TensorOrNumber,
+    out_zero_point: Union[int, Tensor],
+    quant_min: int = 0,
+    quant_max: int = 255,
+) -> Tensor:
+    """Requantizing add of two uint8 code tensors of one shape (a residual add between quantizers):
+    ``clamp(round_half_even(((a - za) * sa + (b - zb) * sb) * (1 / s_out)) + z_out, quant_min, quant_max)``
+    in float32 -- the fake-quant network's float add of its two dequantized inputs, quantized -- with no
+    float tensor in memory. A ReLU after the add is ``quant_min = max(quant_min, out_zero_point)``; a ReLU6
+    also clamps ``quant_max`` at the code of 6 (quantization is monotone). The output keeps ``a_q``'s layout."""
+    op = "int8_add"
+    _require_tensor("a_q", a_q)
+    _require_tensor("b_q", b_q)
+    for name, t in (("a_q", a_q), ("b_q", b_q)):
+        if t.dtype != torch.uint8:
+            raise TypeError(f"{op}: {name} must be uint8 codes, got {t.dtype}")
+    if a_q.shape != b_q.shape:
+        raise ValueError(f"{op}: a_q and b_q must have the same shape, got {tuple(a_q.shape)} and {tuple(b_q.shape)}")
+    _check_int("quant_min", quant_min)
+    _check_int("quant_max", quant_max)
+    return torch.ops.pyquant.int8_add(
+        a_q, _as_float_scale(op, "a_scale", a_scale), _as_int_zero_point(op, "a_zero_point", a_zero_point),
+        b_q, _as_float_scale(op, "b_scale", b_scale), _as_int_zero_point(op, "b_zero_point", b_zero_point),
+        _as_float_scale(op, "out_scale", out_scale), _as_int_zero_point(op, "out_zero_point", out_zero_point),
+        quant_min, quant_max,
+    )
+
+
+@torch.library.register_fake("pyquant::int8_add")
+def _int8_add_fake(a_q, a_scale, a_zero_point, b_q, b_scale, b_zero_point, out_scale, out_zero_point, quant_min=0,
+                   quant_max=255):
+    torch._check(a_q.shape == b_q.shape, lambda: "int8_add: a_q and b_q must have the same shape")
+    return torch.empty_like(a_q, memory_format=torch.preserve_format)
 
 
 @torch.library.register_fake("pyquant::pack_int8_weight")

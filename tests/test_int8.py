@@ -36,7 +36,8 @@ def _rand_case(m, n, k, x_zp=None, gen=None):
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 10, 3), (7, 65, 13), (6, 64, 64), (13, 129, 130), (50, 200, 259),
                                    (97, 31, 1027), (200, 70, 5),
-                                   (200, 70, 256)])  # K % 64 == 0: AMX tiles read x in place
+                                   (200, 70, 256),  # K % 64 == 0: AMX tiles read x in place
+                                   (100, 16, 40), (61, 32, 70), (25, 17, 9)])  # narrow VNNI panels
 @pytest.mark.parametrize("x_zp", [0, 255, 131])
 def test_linear_matches_reference(kernel, m, n, k, x_zp):
     x, w, ws, b = _rand_case(m, n, k)
@@ -122,6 +123,9 @@ CONV_CASES = [
     (1, 5, 12, 12, 5, 5, 3, 1, (2, 1), 2, 5),  # depthwise, dilated
     (1, 4, 6, 6, 8, 3, 3, 1, 1, 1, 4),     # channel multiplier 2: grouped GEMM
     (1, 6, 5, 5, 4, 5, 5, 1, 0, 1, 1),     # kernel = image
+    (2, 16, 12, 13, 16, 3, 3, 1, 1, 1, 1),  # 16 output channels: narrow VNNI panel, 4-strip groups + tail
+    (3, 16, 11, 9, 32, 3, 3, 2, 1, 1, 1),   # 32 output channels, stride 2: narrow panel, 2-strip groups
+    (1, 32, 7, 7, 24, 1, 1, 1, 0, 1, 1),    # pointwise, 24 channels: masked second vector
 ]
 
 

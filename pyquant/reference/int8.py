@@ -48,3 +48,15 @@ def int8_conv2d(x_q: Tensor, x_scale: float, x_zero_point: int, w_q: Tensor, w_s
     acc = torch.nn.functional.conv2d(xc, w_q.to(torch.float64), None, stride, padding, dilation, groups)
     return _epilogue(acc.round().to(torch.int64), x_scale, w_scale, bias, out_scale, out_zero_point, relu,
                      channel_dim=1)
+
+
+def int8_add(a_q: Tensor, a_scale: float, a_zero_point: int, b_q: Tensor, b_scale: float, b_zero_point: int,
+             out_scale: float, out_zero_point: int, quant_min: int = 0, quant_max: int = 255) -> Tensor:
+    """Requantizing add of uint8 codes (csrc/ops/int8_add), float32 operation by operation:
+    ``q = clamp(round_half_even(((a - za) * sa + (b - zb) * sb) * (1 / s_out)) + z_out, quant_min, quant_max)``."""
+    f32 = torch.float32
+    da = (a_q.to(f32) - float(a_zero_point)) * torch.tensor(a_scale, dtype=f32)
+    db = (b_q.to(f32) - float(b_zero_point)) * torch.tensor(b_scale, dtype=f32)
+    inv = torch.tensor(1.0, dtype=f32) / torch.tensor(out_scale, dtype=f32)
+    q = torch.round((da + db) * inv) + float(out_zero_point)
+    return q.clamp(quant_min, quant_max).to(torch.uint8)

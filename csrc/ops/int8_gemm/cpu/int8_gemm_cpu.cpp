@@ -251,6 +251,12 @@ void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* p
       for (int64_t p = p0; p < p1; ++p) {
         const int8_t* b = payload + (g * panels + p) * pbytes;
         const int cols = static_cast<int>(std::min<int64_t>(k8::kNr, npg - p * k8::kNr));
+        if (fn == k8::strip_panel_vnni && cols <= k8::kNarrowCols) {
+          const int rows = static_cast<int>(std::min<int64_t>((s1 - s0) * k8::kMr, M - s0 * k8::kMr));
+          const k8::Epilogue es = offset_epilogue(e, s0 * k8::kMr, g * npg + p * k8::kNr);
+          k8::strips_panel_vnni_narrow(a_buf.data(), sbytes, static_cast<int>(s1 - s0), b, k4, rows, cols, es);
+          continue;
+        }
         for (int64_t s = s0; s < s1; ++s) {
           const int rows = static_cast<int>(std::min<int64_t>(k8::kMr, M - s * k8::kMr));
           const k8::Epilogue es = offset_epilogue(e, s * k8::kMr, g * npg + p * k8::kNr);

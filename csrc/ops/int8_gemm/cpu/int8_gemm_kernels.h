@@ -49,6 +49,11 @@ void strip_panel_avx2(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4,
                       const Epilogue& e);
 void strip_panel_vnni(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows, int cols,
                       const Epilogue& e);
+// `strips` consecutive strips (strip_stride bytes apart; `rows` valid rows in all) times a panel with
+// cols <= 32 valid columns: the narrow-layer VNNI path (only the valid 16-column vectors are computed).
+constexpr int kNarrowCols = 32;
+void strips_panel_vnni_narrow(const uint8_t* a_strips, int64_t strip_stride, int strips, const int8_t* b_panel,
+                              int64_t k4, int rows, int cols, const Epilogue& e);
 
 // AMX (Sapphire Rapids+): A is row-major [rows][lda] with lda = K rounded up to 64 (zero padded);
 // amx_compute: the raw 32 x 32 int32 block at column col0 (0 or 32) of the panel with 2x2 tiles, into
