@@ -206,8 +206,11 @@ class Conv2d(_WeightLayer):
 
     def __init__(self, w_q: Tensor, w_scale: Tensor, bias: Optional[Tensor], in_grid: Grid, stride=1, padding=0,
                  dilation=1, groups: int = 1, out_grid: Optional[Grid] = None, relu: bool = False,
-                 relu6: bool = False):
+                 relu6: bool = False, residual_grid: Optional[Grid] = None):
         super().__init__()
+        # residual_grid: conv -> add (-> ReLU) fused; forward(x, residual) adds the residual's codes on this
+        # grid to the float32 conv output before the ReLU / requantization (ops.int8_conv2d(residual=...)).
+        self.residual_grid = residual_grid
         if w_q.dim() != 4:
             raise ValueError(f"Conv2d: w_q must be [out, in/groups, kh, kw], got shape {tuple(w_q.shape)}")
         self.stride, self.padding, self.dilation = (tuple(_pair(v)) for v in (stride, padding, dilation))
@@ -219,21 +222,26 @@ class Conv2d(_WeightLayer):
                 f"stride={self.stride}, padding={self.padding}, groups={self.groups}, relu={self.relu}, "
                 f"relu6={self.relu6}, out={self.out_grid}")
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        rg = self.residual_grid
+        if (residual is None) != (rg is None):
+            raise ValueError("Conv2d: pass a residual exactly when the module has a residual_grid")
+        res = {} if rg is None else dict(residual=residual, residual_scale=rg.scale, residual_zero_point=rg.zero_point)
         y = ops.int8_conv2d(x, self.in_grid.scale, self.in_grid.zero_point, self.packed, stride=self.stride,
                             padding=self.padding, dilation=self.dilation, groups=self.groups,
-                            **self._epilogue_args())
+                            **self._epilogue_args(), **res)
         return self._finish(y)
 
     def config(self):
         return dict(self._base_config(), stride=list(self.stride), padding=list(self.padding),
-                    dilation=list(self.dilation), groups=self.groups)
+                    dilation=list(self.dilation), groups=self.groups, residual_grid=_dict_or_none(self.residual_grid))
 
     @classmethod
     def from_config(cls, config, tensors):
         return cls(tensors["w_q"], tensors["w_scale"], tensors["bias"], Grid(**config["in_grid"]),
                    config["stride"], config["padding"], config["dilation"], config["groups"],
-                   _grid_or_none(config["out_grid"]), config["relu"], config["relu6"])
+                   _grid_or_none(config["out_grid"]), config["relu"], config["relu6"],
+                   _grid_or_none(config.get("residual_grid")))
 
 
 def _pair(v) -> Tuple[int, int]:

@@ -37,6 +37,18 @@ PYQ_HOST_DEVICE float int8_dequant_acc(int32_t acc, float multiplier, float bias
   return y;
 }
 
+// The fused residual add (conv -> add -> ReLU): y plus the dequantized residual code, in float32 as the
+// fake-quant network adds the float conv output and the fake-quantized shortcut; ReLU after it.
+PYQ_HOST_DEVICE float int8_dequant_acc_residual(int32_t acc, float multiplier, float bias, bool has_residual,
+                                                uint8_t residual, float residual_scale, float residual_zero_point,
+                                                bool relu) {
+  float y = static_cast<float>(acc) * multiplier;
+  y = y + bias;
+  if (has_residual) y = y + (static_cast<float>(residual) - residual_zero_point) * residual_scale;
+  if (relu) y = y > 0.0f ? y : 0.0f;
+  return y;
+}
+
 // uint8 requantization of y to (s_out, z_out) given inv_out_scale = 1.0f / s_out.
 PYQ_HOST_DEVICE uint8_t int8_requantize(float y, float inv_out_scale, float out_zero_point) {
   float q = round_half_even(y * inv_out_scale) + out_zero_point;

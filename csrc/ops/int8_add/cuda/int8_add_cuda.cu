@@ -1,7 +1,8 @@
 // CUDA kernel of int8_add: one thread per element, the shared int8_add_code of pyquant/requantize.h
 // (the same function the CPU's DEFAULT variant runs, so the CPU tests check this arithmetic).
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -30,7 +31,7 @@ at::Tensor int8_add_cuda(const at::Tensor& a_q, double a_scale, int64_t a_zero_p
   const int64_t n = c.a.numel();
   if (n == 0) return out;
   const auto blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
-  int8_add_kernel<<<blocks, kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(
+  int8_add_kernel<<<blocks, kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
       c.a.const_data_ptr<uint8_t>(), c.b.const_data_ptr<uint8_t>(), out.mutable_data_ptr<uint8_t>(), n, c.params);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;

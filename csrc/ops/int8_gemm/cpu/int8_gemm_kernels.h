@@ -37,6 +37,10 @@ struct Epilogue {
   float* out_f;      // float output at (row 0, column 0) of the tile
   uint8_t* out_u8;   // uint8 output at (row 0, column 0) of the tile
   int64_t ld_out;    // row stride of the output in elements
+  // Fused residual add: uint8 codes laid out as the output (same ld_out), added before the ReLU.
+  const uint8_t* residual;  // nullptr: none
+  float residual_scale;
+  float residual_zero_point;
 };
 
 // One strip (up to kMr valid rows) times one panel (up to kNr valid columns), full K, with the epilogue.

@@ -34,12 +34,15 @@ inline Epilogue offset_rows(const Epilogue& e, int64_t rows) {
   } else {
     o.out_f += rows * e.ld_out;
   }
+  if (e.residual != nullptr) o.residual += rows * e.ld_out;
   return o;
 }
 
 inline void store_one(const Epilogue& e, int r, int c, int32_t raw_dot) {
   const int32_t acc = raw_dot - e.zero_point_term[c];
-  const float y = int8_dequant_acc(acc, e.multiplier[c], e.bias[c], e.relu);
+  const bool res = e.residual != nullptr;
+  const float y = int8_dequant_acc_residual(acc, e.multiplier[c], e.bias[c], res, res ? e.residual[r * e.ld_out + c] : 0,
+                                            e.residual_scale, e.residual_zero_point, e.relu);
   if (e.requantize) {
     e.out_u8[r * e.ld_out + c] = int8_requantize(y, e.inv_out_scale, e.out_zero_point);
   } else {
@@ -139,6 +142,11 @@ PYQ_TARGET_VNNI inline void store16(const Epilogue& e, int r, int c, __m512i dot
   const __m512i acc = _mm512_sub_epi32(dot, _mm512_loadu_si512(e.zero_point_term + c));
   __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_loadu_ps(e.multiplier + c));
   y = _mm512_add_ps(y, _mm512_loadu_ps(e.bias + c));
+  if (e.residual != nullptr) {
+    const __m128i rc = _mm_maskz_loadu_epi8(mask, e.residual + r * e.ld_out + c);
+    const __m512 rv = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(rc)), _mm512_set1_ps(e.residual_zero_point));
+    y = _mm512_add_ps(y, _mm512_mul_ps(rv, _mm512_set1_ps(e.residual_scale)));
+  }
   if (e.relu) y = _mm512_max_ps(y, _mm512_setzero_ps());
   if (e.requantize) {
     __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(e.inv_out_scale)),
