@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import tempfile
 import warnings
@@ -65,8 +66,26 @@ def onnx_runtime(q, path: str, threads: int):
     return lambda x: torch.from_numpy(sess.run(None, {name: x.numpy()})[0])
 
 
+def markdown_table(res: dict) -> str:
+    """The results as a markdown table: milliseconds per batch, pyquant's speedups, agreement."""
+    lines = ["| net | threads | batch | FP32 eager ms | pyquant int8 ms | torch.ao x86 ms | ORT (pyquant QDQ) ms | "
+             "pyquant vs FP32 | vs torch.ao | vs ORT |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for net, e in res["nets"].items():
+        for key, r in e["timings"].items():
+            threads, batch = key.replace("threads", "").split("_batch")
+            lines.append(f"| {net} | {threads} | {batch} | {r['fp32_ms']:.2f} | {r['pyquant_ms']:.2f} | "
+                         f"{r['torch_ao_x86_ms']:.2f} | {r['onnxruntime_ms']:.2f} | {r['pyquant_speedup_vs_fp32']:.2f}x | "
+                         f"{r['pyquant_speedup_vs_torch_ao_x86']:.2f}x | {r['pyquant_speedup_vs_onnxruntime']:.2f}x |")
+    lines += ["", "| net | top-1 agreement with fake-quant: pyquant | torch.ao x86 | ORT |", "|---|---|---|---|"]
+    for net, e in res["nets"].items():
+        a = e["agreement_vs_fake_quant_pct"]
+        lines.append(f"| {net} | {a['pyquant']:.2f} % | {a['torch_ao_x86']:.2f} % | {a['onnxruntime']:.2f} % |")
+    return "\n".join(lines)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--table", metavar="JSON", help="only print the markdown table of a results file")
     ap.add_argument("--nets", nargs="+", default=["resnet20", "resnet56", "mobilenetv2"])
     ap.add_argument("--batches", nargs="+", type=int, default=[1, 64, 256])
     ap.add_argument("--threads", nargs="+", type=int, default=[1, 2])
@@ -74,6 +93,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--out", default="bench/results/int8_engines.json")
     args = ap.parse_args()
+    if args.table:
+        with open(args.table) as f:
+            print(markdown_table(json.load(f)))
+        return
 
     root = find_shared_data()
     if root is None:
