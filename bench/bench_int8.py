@@ -37,6 +37,11 @@ CONV_SHAPES = {
     "conv3x3 s2 32x64x56x56->128": (32, 64, 56, 56, 128, 3, 2, 1, 1),
     "conv1x1 32x256x56x56->64": (32, 256, 56, 56, 64, 1, 1, 0, 1),
     "dwconv3x3 32x144x56x56": (32, 144, 56, 56, 144, 3, 1, 1, 144),
+    # CIFAR ResNet-20/56 stages at batch 64: 16 / 32 output channels use the narrow VNNI panels
+    "cifar conv3x3 64x16x32x32": (64, 16, 32, 32, 16, 3, 1, 1, 1),
+    "cifar conv3x3 s2 64x16x32x32->32": (64, 16, 32, 32, 32, 3, 2, 1, 1),
+    "cifar conv3x3 64x32x16x16": (64, 32, 16, 16, 32, 3, 1, 1, 1),
+    "cifar conv3x3 64x64x8x8": (64, 64, 8, 8, 64, 3, 1, 1, 1),
 }
 
 ENGINES = [e for e in ("fbgemm", "x86", "onednn") if e in torch.backends.quantized.supported_engines]

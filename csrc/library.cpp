@@ -62,5 +62,15 @@ TORCH_LIBRARY(pyquant, m) {
   m.def(
       "int8_conv2d(Tensor x_q, float x_scale, int x_zero_point, Tensor w_packed, Tensor w_col_sum, Tensor w_scale, "
       "int[2] kernel_size, Tensor? bias=None, int[2] stride=1, int[2] padding=0, int[2] dilation=1, int groups=1, "
-      "float? out_scale=None, int? out_zero_point=None, bool relu=False, str kernel=\"auto\") -> Tensor");
+      "float? out_scale=None, int? out_zero_point=None, bool relu=False, str kernel=\"auto\", "
+      "Tensor? residual=None, float residual_scale=1.0, int residual_zero_point=0) -> Tensor");
+  // int8_conv2d's residual (conv -> add -> ReLU fused): uint8 codes of the output's shape on
+  // (residual_scale, residual_zero_point), dequantized and added to the float32 conv output before the
+  // ReLU and the requantization (pyquant/requantize.h).
+  // Requantizing add of two uint8 code tensors of one shape (residual adds of converted networks):
+  // clamp(round_half_even(((a - za) * sa + (b - zb) * sb) * (1 / s_out)) + z_out, quant_min, quant_max),
+  // float32 as in pyquant/requantize.h; the output keeps a_q's memory layout.
+  m.def(
+      "int8_add(Tensor a_q, float a_scale, int a_zero_point, Tensor b_q, float b_scale, int b_zero_point, "
+      "float out_scale, int out_zero_point, int quant_min=0, int quant_max=255) -> Tensor");
 }

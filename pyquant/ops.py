@@ -31,6 +31,7 @@ __all__ = [
     "histogram",
     "histogram_range",
     "int8_conv2d",
+    "int8_add",
     "int8_linear",
     "pack_int8_weight",
     "PackedInt8Weight",
@@ -645,11 +646,18 @@ def int8_conv2d(
     out_zero_point: Optional[Union[int, Tensor]] = None,
     relu: bool = False,
     *,
+    residual: Optional[Tensor] = None,
+    residual_scale: Optional[TensorOrNumber] = None,
+    residual_zero_point: Optional[Union[int, Tensor]] = None,
     _kernel: str = "auto",
 ) -> Tensor:
     """2-d convolution of uint8 ``x_q`` (NCHW or channels_last) with a packed int8 weight; padding
     stands for the value 0 (level ``x_zero_point``). Same epilogue as :func:`int8_linear`. The output
-    has the logical shape ``[N, C_out, H_out, W_out]`` in channels_last memory format."""
+    has the logical shape ``[N, C_out, H_out, W_out]`` in channels_last memory format.
+
+    ``residual`` (uint8 codes of the output's shape on ``residual_scale`` / ``residual_zero_point``): fused
+    conv -> add -> ReLU; ``(residual - zr) * sr`` is added to the float32 conv output (after the bias, before
+    the ReLU and the requantization), so neither the conv output nor the sum exists as a float tensor."""
     op = "int8_conv2d"
     _require_tensor("x_q", x_q)
     w = _check_packed(op, w_packed)
@@ -665,13 +673,63 @@ def int8_conv2d(
             f"{op}: x_q must be [N, {w.shape[1] * groups}, H, W] for this weight, got shape {tuple(x_q.shape)}"
         )
     os_, oz = _out_args(op, out_scale, out_zero_point)
+    rs, rz = 1.0, 0
+    if residual is not None:
+        _require_tensor("residual", residual)
+        if residual_scale is None or residual_zero_point is None:
+            raise ValueError(f"{op}: a residual needs residual_scale and residual_zero_point")
+        rs = _as_float_scale(op, "residual_scale", residual_scale)
+        rz = _as_int_zero_point(op, "residual_zero_point", residual_zero_point)
     return torch.ops.pyquant.int8_conv2d(
         x_q,
         _as_float_scale(op, "x_scale", x_scale),
         _as_int_zero_point(op, "x_zero_point", x_zero_point),
         w.data, w.col_sum, w.scale, list(w.shape[2:]), bias,
         list(_pair(stride)), list(_pair(padding)), list(_pair(dilation)), groups, os_, oz, bool(relu), _kernel,
+        residual, rs, rz,
     )
+
+
+def int8_add(
+    a_q: Tensor,
+    a_scale: TensorOrNumber,
+    a_zero_point: Union[int, Tensor],
+    b_q: Tensor,
+    b_scale: TensorOrNumber,
+    b_zero_point: Union[int, Tensor],
+    out_scale: TensorOrNumber,
+    out_zero_point: Union[int, Tensor],
+    quant_min: int = 0,
+    quant_max: int = 255,
+) -> Tensor:
+    """Requantizing add of two uint8 code tensors of one shape (a residual add between quantizers):
+    ``clamp(round_half_even(((a - za) * sa + (b - zb) * sb) * (1 / s_out)) + z_out, quant_min, quant_max)``
+    in float32 -- the fake-quant network's float add of its two dequantized inputs, quantized -- with no
+    float tensor in memory. A ReLU after the add is ``quant_min = max(quant_min, out_zero_point)``; a ReLU6
+    also clamps ``quant_max`` at the code of 6 (quantization is monotone). The output keeps ``a_q``'s layout."""
+    op = "int8_add"
+    _require_tensor("a_q", a_q)
+    _require_tensor("b_q", b_q)
+    for name, t in (("a_q", a_q), ("b_q", b_q)):
+        if t.dtype != torch.uint8:
+            raise TypeError(f"{op}: {name} must be uint8 codes, got {t.dtype}")
+    if a_q.shape != b_q.shape:
+        raise ValueError(f"{op}: a_q and b_q must have the same shape, got {tuple(a_q.shape)} and {tuple(b_q.shape)}")
+    _check_int("quant_min", quant_min)
+    _check_int("quant_max", quant_max)
+    return torch.ops.pyquant.int8_add(
+        a_q, _as_float_scale(op, "a_scale", a_scale), _as_int_zero_point(op, "a_zero_point", a_zero_point),
+        b_q, _as_float_scale(op, "b_scale", b_scale), _as_int_zero_point(op, "b_zero_point", b_zero_point),
+        _as_float_scale(op, "out_scale", out_scale), _as_int_zero_point(op, "out_zero_point", out_zero_point),
+        quant_min, quant_max,
+    )
+
+
+@torch.library.register_fake("pyquant::int8_add")
+def _int8_add_fake(a_q, a_scale, a_zero_point, b_q, b_scale, b_zero_point, out_scale, out_zero_point, quant_min=0,
+                   quant_max=255):
+    torch._check(a_q.shape == b_q.shape, lambda: "int8_add: a_q and b_q must have the same shape")
+    return torch.empty_like(a_q, memory_format=torch.preserve_format)
 
 
 @torch.library.register_fake("pyquant::pack_int8_weight")
@@ -692,7 +750,7 @@ def _int8_linear_fake(x_q, x_scale, x_zero_point, w_packed, w_col_sum, w_scale, 
 @torch.library.register_fake("pyquant::int8_conv2d")
 def _int8_conv2d_fake(x_q, x_scale, x_zero_point, w_packed, w_col_sum, w_scale, kernel_size, bias=None, stride=(1, 1),
                       padding=(0, 0), dilation=(1, 1), groups=1, out_scale=None, out_zero_point=None, relu=False,
-                      kernel="auto"):
+                      kernel="auto", residual=None, residual_scale=1.0, residual_zero_point=0):
     kh, kw = _pair(kernel_size) if len(kernel_size) == 2 else (kernel_size[0],) * 2
     sh, sw = _pair(stride) if len(stride) == 2 else (stride[0],) * 2
     ph, pw = _pair(padding) if len(padding) == 2 else (padding[0],) * 2

@@ -36,7 +36,8 @@ def _rand_case(m, n, k, x_zp=None, gen=None):
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("m,n,k", [(1, 1, 1), (1, 10, 3), (7, 65, 13), (6, 64, 64), (13, 129, 130), (50, 200, 259),
                                    (97, 31, 1027), (200, 70, 5),
-                                   (200, 70, 256)])  # K % 64 == 0: AMX tiles read x in place
+                                   (200, 70, 256),  # K % 64 == 0: AMX tiles read x in place
+                                   (100, 16, 40), (61, 32, 70), (25, 17, 9)])  # narrow VNNI panels
 @pytest.mark.parametrize("x_zp", [0, 255, 131])
 def test_linear_matches_reference(kernel, m, n, k, x_zp):
     x, w, ws, b = _rand_case(m, n, k)
@@ -122,6 +123,9 @@ CONV_CASES = [
     (1, 5, 12, 12, 5, 5, 3, 1, (2, 1), 2, 5),  # depthwise, dilated
     (1, 4, 6, 6, 8, 3, 3, 1, 1, 1, 4),     # channel multiplier 2: grouped GEMM
     (1, 6, 5, 5, 4, 5, 5, 1, 0, 1, 1),     # kernel = image
+    (2, 16, 12, 13, 16, 3, 3, 1, 1, 1, 1),  # 16 output channels: narrow VNNI panel, 4-strip groups + tail
+    (3, 16, 11, 9, 32, 3, 3, 2, 1, 1, 1),   # 32 output channels, stride 2: narrow panel, 2-strip groups
+    (1, 32, 7, 7, 24, 1, 1, 1, 0, 1, 1),    # pointwise, 24 channels: masked second vector
 ]
 
 
@@ -244,3 +248,45 @@ def test_bad_input():
         ops.int8_conv2d(xc, 0.1, 0, p, groups=1)
     with pytest.raises(ValueError, match="conv weight"):
         ops.int8_linear(x, 0.1, 0, pc)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("case", [CONV_CASES[0], CONV_CASES[2], CONV_CASES[6], CONV_CASES[11], CONV_CASES[12]])
+@pytest.mark.parametrize("requantize", [False, True])
+def test_conv_fused_residual_matches_reference(kernel, case, requantize):
+    """conv -> add -> ReLU in the epilogue: bit-exact against the reference, on the dense, narrow, pointwise
+    and depthwise paths, with the residual in either layout."""
+    n, c, h, wd, co, kh, kw, stride, padding, dilation, groups = case
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (n, c, h, wd), dtype=torch.uint8, generator=g)
+    w = torch.randint(-128, 128, (co, c // groups, kh, kw), dtype=torch.int8, generator=g)
+    ws = torch.rand(co, generator=g) * 0.01 + 1e-4
+    b = torch.randn(co, generator=g)
+    packed = ops.pack_int8_weight(w, ws, groups=groups)
+    shape = ops.int8_conv2d(x, 0.02, 7, packed, b, stride, padding, dilation, groups).shape
+    r = torch.randint(0, 256, shape, dtype=torch.uint8, generator=g)
+    out = (0.05, 40) if requantize else (None, None)
+    for layout in ("contiguous", "channels_last"):
+        y = ops.int8_conv2d(x, 0.02, 7, packed, b, stride, padding, dilation, groups, *out, True,
+                            residual=make_layout(r, layout), residual_scale=0.3, residual_zero_point=100,
+                            _kernel=kernel)
+        expected = ref.int8_conv2d(x, 0.02, 7, w, ws, b, stride, padding, dilation, groups, *out, True,
+                                   residual=r, residual_scale=0.3, residual_zero_point=100)
+        assert torch.equal(y, expected)
+
+
+def test_conv_residual_bad_input():
+    x = torch.randint(0, 256, (1, 4, 5, 5), dtype=torch.uint8)
+    p = ops.pack_int8_weight(torch.randint(-128, 128, (8, 4, 3, 3), dtype=torch.int8), torch.rand(8) + 0.1)
+    r = torch.zeros(1, 8, 3, 3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="residual_scale"):
+        ops.int8_conv2d(x, 0.1, 0, p, residual=r)
+    with pytest.raises(ValueError, match="residual must have the output's shape"):
+        ops.int8_conv2d(x, 0.1, 0, p, residual=r[:, :4], residual_scale=0.1, residual_zero_point=0)
+    with pytest.raises(TypeError, match="residual must be uint8"):
+        ops.int8_conv2d(x, 0.1, 0, p, residual=r.float(), residual_scale=0.1, residual_zero_point=0)
+    with pytest.raises(ValueError, match="residual_zero_point"):
+        ops.int8_conv2d(x, 0.1, 0, p, residual=r, residual_scale=0.1, residual_zero_point=300)
+    torch.library.opcheck(torch.ops.pyquant.int8_conv2d.default,
+                          (x, 0.1, 3, p.data, p.col_sum, p.scale, [3, 3], None, [1, 1], [0, 0], [1, 1], 1, 0.2, 5,
+                           True, "auto", r, 0.25, 9))

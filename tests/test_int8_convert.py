@@ -83,7 +83,9 @@ def test_convert_small_net_is_faithful(small):
     # every activation quantizer of the fake-quant net has an int8 counterpart
     assert set(report) == set(pyquant.quant.graph.act_quantizers(fq))
     kinds = {type(m).__name__ for m in q.modules()}
-    assert {"Quantize", "Conv2d", "Linear", "Add", "AvgPool2d"} <= kinds
+    assert {"Quantize", "Conv2d", "Linear", "AvgPool2d"} <= kinds
+    # its residual add runs in the epilogue of the conv before it (conv -> add -> ReLU fused)
+    assert any(isinstance(m, int8.Conv2d) and m.residual_grid is not None for m in q.modules())
     # conv1 + ReLU + its quantizer are one int8 module with a uint8 output
     convs = [m for m in q.modules() if isinstance(m, int8.Conv2d)]
     assert all(m.out_grid is not None for m in convs[:1]) and convs[0].relu
@@ -106,7 +108,8 @@ def test_convert_keeps_uint8_between_layers(small):
     assert len(layers) == 5
     assert all(v[1] == torch.uint8 for v in layers.values()), layers       # uint8 into every int8 layer
     # float32 only where the fake-quant net has no quantizer: into a residual add, and the logits
-    assert sorted(k for k, v in layers.items() if v[2] == torch.float32) == ["conv2", "conv3", "fc"]
+    # (the residual adds after conv2 / conv3 are fused into them: codes out)
+    assert sorted(k for k, v in layers.items() if v[2] == torch.float32) == ["fc"]
     assert all(v[2] == torch.uint8 for k, v in seen.items() if v[0] in ("Add", "AvgPool2d", "Quantize"))
 
 
@@ -147,6 +150,10 @@ def test_convert_resnet20_random_weights():
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
     report = _check_faithful(fq, q, x)
     assert len(report) == 1 + 19 + 1  # input, every ReLU output, the pooled features
+    # every residual add (conv2 -> add -> ReLU -> quantizer) runs in its conv's epilogue: no float tensor
+    fused = [m for m in q.modules() if isinstance(m, int8.Conv2d) and m.residual_grid is not None]
+    assert len(fused) == 9 and all(m.out_grid is not None and m.relu for m in fused)
+    assert not any(isinstance(m, int8.modules.Add) for m in q.modules())
 
 
 def test_convert_errors_name_the_node(small):

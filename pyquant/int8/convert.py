@@ -318,4 +318,37 @@ def convert(fake_quant_model: nn.Module) -> fx.GraphModule:
     if not any(isinstance(m, (QuantConv2d, QuantLinear)) for m in gm.modules()):
         raise ValueError("convert: the model has no QuantConv2d/QuantLinear; pass the result of pyquant.quantize")
     out = _Converter(gm).run()
+    _fuse_conv_add(out)
     return out.eval()
+
+
+def _fuse_conv_add(gm: fx.GraphModule) -> None:
+    """conv -> add (-> ReLU) -> quantizer, where the conv's float32 output feeds only the add and the other
+    input is codes of the same shape: the add moves into the conv's epilogue (``Conv2d.residual_grid``), the
+    same float32 operations in the same order, so no float tensor is written between the quantizers."""
+    for node in list(gm.graph.nodes):
+        add = gm.get_submodule(node.target) if node.op == "call_module" else None
+        if not isinstance(add, Add) or add.out_grid is None or len(node.args) != 2:
+            continue
+        for i in (0, 1):
+            conv_node, other = node.args[i], node.args[1 - i]
+            conv = gm.get_submodule(conv_node.target) if getattr(conv_node, "op", None) == "call_module" else None
+            if (isinstance(conv, Conv2d) and conv.out_grid is None and not conv.relu and not conv.relu6
+                    and conv.residual_grid is None and add.in_grids[i] is None and add.in_grids[1 - i] is not None
+                    and len(conv_node.users) == 1 and len(conv_node.args) == 1):
+                break
+        else:
+            continue
+        fused = Conv2d(conv.w_q, conv.w_scale, conv.bias, conv.in_grid, conv.stride, conv.padding, conv.dilation,
+                       conv.groups, add.out_grid, add.relu, add.relu6, residual_grid=add.in_grids[1 - i])
+        gm.add_submodule(conv_node.target, fused)
+        node.prepend(conv_node)  # the residual may be computed after the conv: run the conv where the add ran
+        conv_node.args = (conv_node.args[0], other)
+        node.replace_all_uses_with(conv_node)
+        gm.graph.erase_node(node)
+        gm.delete_submodule(node.target)
+        for name, produced_by in list(gm.quantizer_nodes.items()):
+            if produced_by == node.name:
+                gm.quantizer_nodes[name] = conv_node.name
+    gm.graph.lint()
+    gm.recompile()

@@ -206,8 +206,11 @@ class Conv2d(_WeightLayer):
 
     def __init__(self, w_q: Tensor, w_scale: Tensor, bias: Optional[Tensor], in_grid: Grid, stride=1, padding=0,
                  dilation=1, groups: int = 1, out_grid: Optional[Grid] = None, relu: bool = False,
-                 relu6: bool = False):
+                 relu6: bool = False, residual_grid: Optional[Grid] = None):
         super().__init__()
+        # residual_grid: conv -> add (-> ReLU) fused; forward(x, residual) adds the residual's codes on this
+        # grid to the float32 conv output before the ReLU / requantization (ops.int8_conv2d(residual=...)).
+        self.residual_grid = residual_grid
         if w_q.dim() != 4:
             raise ValueError(f"Conv2d: w_q must be [out, in/groups, kh, kw], got shape {tuple(w_q.shape)}")
         self.stride, self.padding, self.dilation = (tuple(_pair(v)) for v in (stride, padding, dilation))
@@ -219,21 +222,26 @@ class Conv2d(_WeightLayer):
                 f"stride={self.stride}, padding={self.padding}, groups={self.groups}, relu={self.relu}, "
                 f"relu6={self.relu6}, out={self.out_grid}")
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, residual: Optional[Tensor] = None) -> Tensor:
+        rg = self.residual_grid
+        if (residual is None) != (rg is None):
+            raise ValueError("Conv2d: pass a residual exactly when the module has a residual_grid")
+        res = {} if rg is None else dict(residual=residual, residual_scale=rg.scale, residual_zero_point=rg.zero_point)
         y = ops.int8_conv2d(x, self.in_grid.scale, self.in_grid.zero_point, self.packed, stride=self.stride,
                             padding=self.padding, dilation=self.dilation, groups=self.groups,
-                            **self._epilogue_args())
+                            **self._epilogue_args(), **res)
         return self._finish(y)
 
     def config(self):
         return dict(self._base_config(), stride=list(self.stride), padding=list(self.padding),
-                    dilation=list(self.dilation), groups=self.groups)
+                    dilation=list(self.dilation), groups=self.groups, residual_grid=_dict_or_none(self.residual_grid))
 
     @classmethod
     def from_config(cls, config, tensors):
         return cls(tensors["w_q"], tensors["w_scale"], tensors["bias"], Grid(**config["in_grid"]),
                    config["stride"], config["padding"], config["dilation"], config["groups"],
-                   _grid_or_none(config["out_grid"]), config["relu"], config["relu6"])
+                   _grid_or_none(config["out_grid"]), config["relu"], config["relu6"],
+                   _grid_or_none(config.get("residual_grid")))
 
 
 def _pair(v) -> Tuple[int, int]:
@@ -253,7 +261,23 @@ class Add(_Int8Module):
     def extra_repr(self) -> str:
         return f"in={self.in_grids}, out={self.out_grid}, relu={self.relu}, relu6={self.relu6}"
 
+    def code_bounds(self) -> Tuple[int, int]:
+        """The output-code clamp that stands for the fused ReLU / ReLU6 (quantization is monotone, so
+        ``quantize(max(y, 0)) == max(quantize(y), quantize(0))``; likewise ``min(., 6)``)."""
+        g = self.out_grid
+        lo, hi = g.qmin, g.qmax
+        if self.relu or self.relu6:
+            lo = min(max(g.zero_point, g.qmin), g.qmax)
+        if self.relu6:
+            hi = min(hi, relu6_code(g))
+        return lo, hi
+
     def forward(self, a: Tensor, b: Tensor) -> Tensor:
+        ga, gb = self.in_grids
+        if ga is not None and gb is not None and self.out_grid is not None and a.shape == b.shape:
+            # codes in, codes out: the C++ op, with no float32 tensor in between
+            return ops.int8_add(a, ga.scale, ga.zero_point, b, gb.scale, gb.zero_point, self.out_grid.scale,
+                                self.out_grid.zero_point, *self.code_bounds())
         a = a if self.in_grids[0] is None else dequantize(a, self.in_grids[0])
         b = b if self.in_grids[1] is None else dequantize(b, self.in_grids[1])
         y = a + b

@@ -74,7 +74,7 @@ class _Builder:
         return self.q(y, out_grid, out, relu6_code(out_grid) if relu6 else None)
 
     # modules ---------------------------------------------------------------------------------------
-    def weight_layer(self, m, x: str, out: str, conv: bool) -> str:
+    def weight_layer(self, m, x: str, out: str, conv: bool, residual: Optional[str] = None) -> str:
         xf = self.dq(x, m.in_grid)
         w_q = m.w_q.numpy()
         n = w_q.shape[0]
@@ -92,6 +92,8 @@ class _Builder:
                         dilations=list(m.dilation), group=m.groups)
         else:
             y = self.op("Gemm", [xf, w, b], transB=1)
+        if residual is not None:  # conv -> add fused in pyquant: the add, unfused, in ONNX
+            y = self.op("Add", [y, self.dq(residual, m.residual_grid)])
         return self.epilogue(y, m.out_grid, m.relu, m.relu6, out)
 
     def module(self, node: fx.Node, m: nn.Module, ins: List[str]) -> Optional[Grid]:
@@ -103,7 +105,9 @@ class _Builder:
             self.op("DequantizeLinear", [ins[0], *self.qparams(out, m.grid)], out)
             return None
         if isinstance(m, (Conv2d, Linear)):
-            self.weight_layer(m, ins[0], out, isinstance(m, Conv2d))
+            # a fused residual may be the conv's own input (all_input_nodes lists it once): read it from the args
+            residual = node.args[1].name if getattr(m, "residual_grid", None) is not None else None
+            self.weight_layer(m, node.args[0].name, out, isinstance(m, Conv2d), residual)
             return m.out_grid
         if isinstance(m, Add):
             y = self.op("Add", [self.dq(ins[0], m.in_grids[0]), self.dq(ins[1], m.in_grids[1])])

@@ -85,6 +85,22 @@ Int8Epilogue check_int8_epilogue(const char* op, const at::Tensor& x, double x_s
   return e;
 }
 
+at::Tensor check_residual(const char* op, const std::optional<at::Tensor>& residual, const at::Tensor& out,
+                          double residual_scale, int64_t residual_zero_point) {
+  if (!residual.has_value()) return at::Tensor();
+  TORCH_CHECK_TYPE(residual->scalar_type() == at::kByte, op, ": residual must be uint8 codes, got ",
+                   residual->scalar_type());
+  TORCH_CHECK_VALUE(residual->sizes() == out.sizes(), op, ": residual must have the output's shape ", out.sizes(),
+                    ", got ", residual->sizes());
+  TORCH_CHECK_VALUE(residual->device() == out.device(), op, ": residual must be on x's device (", out.device(), ")");
+  const float rs = static_cast<float>(residual_scale);
+  TORCH_CHECK_VALUE(std::isfinite(rs) && rs > 0.0f, op, ": residual_scale must be finite and > 0, got ",
+                    residual_scale);
+  TORCH_CHECK_VALUE(residual_zero_point >= 0 && residual_zero_point <= 255, op,
+                    ": residual_zero_point must be in [0, 255], got ", residual_zero_point);
+  return residual->contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 ConvGeometry conv_geometry(const char* op, const at::Tensor& x, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, int64_t groups, int64_t c_out) {
   TORCH_CHECK_VALUE(x.dim() == 4, op, ": x_q must be 4-d [N, C, H, W], got shape ", x.sizes());

@@ -50,6 +50,11 @@ Int8Epilogue check_int8_epilogue(const char* op, const at::Tensor& x, double x_s
                                  const std::optional<at::Tensor>& bias, std::optional<double> out_scale,
                                  std::optional<int64_t> out_zero_point, bool relu, int64_t n);
 
+// The fused residual of int8_conv2d: uint8 codes of the output's shape [N, C_out, OH, OW], returned
+// in the output's layout (channels_last, dense) -- or an undefined tensor when absent.
+at::Tensor check_residual(const char* op, const std::optional<at::Tensor>& residual, const at::Tensor& out,
+                          double residual_scale, int64_t residual_zero_point);
+
 // Output geometry of int8_conv2d.
 struct ConvGeometry {
   int64_t batch, c_in, h, w, c_out, kh, kw, oh, ow;

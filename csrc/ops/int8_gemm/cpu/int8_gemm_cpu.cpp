@@ -180,6 +180,7 @@ k8::Epilogue offset_epilogue(const k8::Epilogue& e, int64_t row, int64_t col) {
   } else {
     o.out_f += row * e.ld_out + col;
   }
+  if (e.residual != nullptr) o.residual += row * e.ld_out + col;
   return o;
 }
 
@@ -251,6 +252,12 @@ void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* p
       for (int64_t p = p0; p < p1; ++p) {
         const int8_t* b = payload + (g * panels + p) * pbytes;
         const int cols = static_cast<int>(std::min<int64_t>(k8::kNr, npg - p * k8::kNr));
+        if (fn == k8::strip_panel_vnni && cols <= k8::kNarrowCols) {
+          const int rows = static_cast<int>(std::min<int64_t>((s1 - s0) * k8::kMr, M - s0 * k8::kMr));
+          const k8::Epilogue es = offset_epilogue(e, s0 * k8::kMr, g * npg + p * k8::kNr);
+          k8::strips_panel_vnni_narrow(a_buf.data(), sbytes, static_cast<int>(s1 - s0), b, k4, rows, cols, es);
+          continue;
+        }
         for (int64_t s = s0; s < s1; ++s) {
           const int rows = static_cast<int>(std::min<int64_t>(k8::kMr, M - s * k8::kMr));
           const k8::Epilogue es = offset_epilogue(e, s * k8::kMr, g * npg + p * k8::kNr);
@@ -401,7 +408,8 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
                        const Tensor& w_col_sum, const Tensor& w_scale, at::IntArrayRef kernel_size,
                        const std::optional<Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                        at::IntArrayRef dilation, int64_t groups, std::optional<double> out_scale,
-                       std::optional<int64_t> out_zero_point, bool relu, c10::string_view kernel) {
+                       std::optional<int64_t> out_zero_point, bool relu, c10::string_view kernel,
+                       const std::optional<Tensor>& residual, double residual_scale, int64_t residual_zero_point) {
   constexpr const char* op = "int8_conv2d";
   const PackedHeader h = read_packed_header(op, w_packed);
   const Int8Epilogue ep =
@@ -423,6 +431,12 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
   const EpilogueArrays arr = epilogue_arrays(ep, w_col_sum, w_scale, bias, g.c_out, !depthwise);
   k8::Epilogue e = make_epilogue(ep, arr, out);
   e.ld_out = g.c_out;
+  const Tensor res = check_residual(op, residual, out, residual_scale, residual_zero_point);
+  if (res.defined()) {
+    e.residual = res.const_data_ptr<uint8_t>();
+    e.residual_scale = static_cast<float>(residual_scale);
+    e.residual_zero_point = static_cast<float>(residual_zero_point);
+  }
   const uint8_t* xp = x.const_data_ptr<uint8_t>();
   const int8_t* payload = w_packed.const_data_ptr<int8_t>() + kPackedHeaderBytes;
 

@@ -37,6 +37,10 @@ struct Epilogue {
   float* out_f;      // float output at (row 0, column 0) of the tile
   uint8_t* out_u8;   // uint8 output at (row 0, column 0) of the tile
   int64_t ld_out;    // row stride of the output in elements
+  // Fused residual add: uint8 codes laid out as the output (same ld_out), added before the ReLU.
+  const uint8_t* residual;  // nullptr: none
+  float residual_scale;
+  float residual_zero_point;
 };
 
 // One strip (up to kMr valid rows) times one panel (up to kNr valid columns), full K, with the epilogue.
@@ -49,6 +53,11 @@ void strip_panel_avx2(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4,
                       const Epilogue& e);
 void strip_panel_vnni(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows, int cols,
                       const Epilogue& e);
+// `strips` consecutive strips (strip_stride bytes apart; `rows` valid rows in all) times a panel with
+// cols <= 32 valid columns: the narrow-layer VNNI path (only the valid 16-column vectors are computed).
+constexpr int kNarrowCols = 32;
+void strips_panel_vnni_narrow(const uint8_t* a_strips, int64_t strip_stride, int strips, const int8_t* b_panel,
+                              int64_t k4, int rows, int cols, const Epilogue& e);
 
 // AMX (Sapphire Rapids+): A is row-major [rows][lda] with lda = K rounded up to 64 (zero padded);
 // amx_compute: the raw 32 x 32 int32 block at column col0 (0 or 32) of the panel with 2x2 tiles, into

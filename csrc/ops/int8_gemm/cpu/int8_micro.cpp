@@ -26,9 +26,23 @@ namespace pyquant::cpu::int8 {
 namespace {
 
 // The scalar epilogue of one accumulator (requantize.h), used by the scalar and AVX2 paths.
+// The epilogue of a tile that starts `rows` rows further down.
+inline Epilogue offset_rows(const Epilogue& e, int64_t rows) {
+  Epilogue o = e;
+  if (e.requantize) {
+    o.out_u8 += rows * e.ld_out;
+  } else {
+    o.out_f += rows * e.ld_out;
+  }
+  if (e.residual != nullptr) o.residual += rows * e.ld_out;
+  return o;
+}
+
 inline void store_one(const Epilogue& e, int r, int c, int32_t raw_dot) {
   const int32_t acc = raw_dot - e.zero_point_term[c];
-  const float y = int8_dequant_acc(acc, e.multiplier[c], e.bias[c], e.relu);
+  const bool res = e.residual != nullptr;
+  const float y = int8_dequant_acc_residual(acc, e.multiplier[c], e.bias[c], res, res ? e.residual[r * e.ld_out + c] : 0,
+                                            e.residual_scale, e.residual_zero_point, e.relu);
   if (e.requantize) {
     e.out_u8[r * e.ld_out + c] = int8_requantize(y, e.inv_out_scale, e.out_zero_point);
   } else {
@@ -128,6 +142,11 @@ PYQ_TARGET_VNNI inline void store16(const Epilogue& e, int r, int c, __m512i dot
   const __m512i acc = _mm512_sub_epi32(dot, _mm512_loadu_si512(e.zero_point_term + c));
   __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_loadu_ps(e.multiplier + c));
   y = _mm512_add_ps(y, _mm512_loadu_ps(e.bias + c));
+  if (e.residual != nullptr) {
+    const __m128i rc = _mm_maskz_loadu_epi8(mask, e.residual + r * e.ld_out + c);
+    const __m512 rv = _mm512_sub_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(rc)), _mm512_set1_ps(e.residual_zero_point));
+    y = _mm512_add_ps(y, _mm512_mul_ps(rv, _mm512_set1_ps(e.residual_scale)));
+  }
   if (e.relu) y = _mm512_max_ps(y, _mm512_setzero_ps());
   if (e.requantize) {
     __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(y, _mm512_set1_ps(e.inv_out_scale)),
@@ -188,7 +207,79 @@ PYQ_TARGET_VNNI inline void vnni_block(const uint8_t* __restrict a_strip, const 
   }
 }
 
+// kStrips consecutive packed strips (6 rows each, `strip_stride` bytes apart) x kCols 16-column vectors
+// of one panel: the narrow-panel variant for layers with <= 32 output channels (CIFAR ResNets' 16 / 32),
+// where the 6 x 64 block would spend 2-4x its multiply-adds on zero-padded columns. Still 24 (or 12)
+// accumulators per broadcast stream, so the weight vectors are reused as often as in the wide block.
+template <int kStrips, int kCols>
+PYQ_TARGET_VNNI inline void vnni_narrow_block(const uint8_t* __restrict a_strips, int64_t strip_stride,
+                                              const int8_t* __restrict b_panel, int64_t k4, int rows, int cols,
+                                              const Epilogue& e) {
+  constexpr int kRows = kStrips * kMr;
+  __m512i acc[kRows][kCols];
+#pragma GCC unroll 24
+  for (int r = 0; r < kRows; ++r)
+#pragma GCC unroll 2
+    for (int q = 0; q < kCols; ++q) acc[r][q] = _mm512_setzero_si512();
+  const int8_t* b = b_panel;
+  for (int64_t g = 0; g < k4; ++g, b += kNr * 4) {
+    __m512i bv[kCols];
+#pragma GCC unroll 2
+    for (int q = 0; q < kCols; ++q) bv[q] = _mm512_loadu_si512(b + q * 64);
+#pragma GCC unroll 4
+    for (int s = 0; s < kStrips; ++s) {
+      const uint8_t* a = a_strips + s * strip_stride + g * kMr * 4;
+#pragma GCC unroll 6
+      for (int r = 0; r < kMr; ++r) {
+        int32_t a4;
+        std::memcpy(&a4, a + r * 4, 4);
+        const __m512i av = _mm512_set1_epi32(a4);
+#pragma GCC unroll 2
+        for (int q = 0; q < kCols; ++q) acc[s * kMr + r][q] = _mm512_dpbusd_epi32(acc[s * kMr + r][q], av, bv[q]);
+      }
+    }
+  }
+#pragma GCC unroll 24
+  for (int r = 0; r < kRows; ++r) {
+    if (r >= rows) break;
+#pragma GCC unroll 2
+    for (int q = 0; q < kCols; ++q) {
+      const __mmask16 m = lane_mask(cols - q * 16);
+      if (m) store16(e, r, q * 16, acc[r][q], m);
+    }
+  }
+}
+
 }  // namespace
+
+PYQ_TARGET_VNNI void strips_panel_vnni_narrow(const uint8_t* a_strips, int64_t strip_stride, int strips,
+                                              const int8_t* b_panel, int64_t k4, int rows, int cols,
+                                              const Epilogue& e) {
+  for (int s = 0; s < strips;) {
+    const int left = strips - s;
+    const int valid = rows - s * kMr;
+    const Epilogue es = offset_rows(e, s * kMr);
+    const uint8_t* a = a_strips + s * strip_stride;
+    if (cols <= 16) {
+      if (left >= 4) {
+        vnni_narrow_block<4, 1>(a, strip_stride, b_panel, k4, valid, cols, es);
+        s += 4;
+      } else if (left >= 2) {
+        vnni_narrow_block<2, 1>(a, strip_stride, b_panel, k4, valid, cols, es);
+        s += 2;
+      } else {
+        vnni_narrow_block<1, 1>(a, strip_stride, b_panel, k4, valid, cols, es);
+        s += 1;
+      }
+    } else if (left >= 2) {
+      vnni_narrow_block<2, 2>(a, strip_stride, b_panel, k4, valid, cols, es);
+      s += 2;
+    } else {
+      vnni_narrow_block<1, 2>(a, strip_stride, b_panel, k4, valid, cols, es);
+      s += 1;
+    }
+  }
+}
 
 PYQ_TARGET_VNNI void strip_panel_vnni(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows,
                                       int cols, const Epilogue& e) {
@@ -411,6 +502,7 @@ bool cpu_has_avx2() { return false; }
 void strip_panel_avx2(const uint8_t* a, const int8_t* b, int64_t k4, int rows, int cols, const Epilogue& e) {
   strip_panel_scalar(a, b, k4, rows, cols, e);
 }
+void strips_panel_vnni_narrow(const uint8_t*, int64_t, int, const int8_t*, int64_t, int, int, const Epilogue&) {}
 void strip_panel_vnni(const uint8_t* a, const int8_t* b, int64_t k4, int rows, int cols, const Epilogue& e) {
   strip_panel_scalar(a, b, k4, rows, cols, e);
 }

@@ -48,6 +48,8 @@ struct GemmParams {
   float* out_f;
   uint8_t* out_u8;
   int64_t ld_out;
+  const uint8_t* residual;  // fused residual codes laid out as the output, or nullptr
+  float residual_scale, residual_zero_point;
 };
 
 __device__ __forceinline__ uint8_t load_a(const GemmParams& p, int64_t m, int64_t k, int64_t group) {
@@ -76,7 +78,10 @@ __device__ __forceinline__ void store_out(const GemmParams& p, int64_t m, int64_
   if (m >= p.M || n_local >= p.npg) return;
   const int64_t n = group * p.npg + n_local;
   const int32_t acc = raw - int8_zero_point_term(p.x_zero_point, p.col_sum[n]);
-  const float y = int8_dequant_acc(acc, int8_multiplier(p.x_scale, p.w_scale[n]), p.bias ? p.bias[n] : 0.0f, p.relu);
+  const bool res = p.residual != nullptr;
+  const float y = int8_dequant_acc_residual(acc, int8_multiplier(p.x_scale, p.w_scale[n]), p.bias ? p.bias[n] : 0.0f,
+                                            res, res ? p.residual[m * p.ld_out + n] : 0, p.residual_scale,
+                                            p.residual_zero_point, p.relu);
   if (p.requantize) {
     p.out_u8[m * p.ld_out + n] = int8_requantize(y, p.inv_out_scale, p.out_zero_point);
   } else {
@@ -185,8 +190,10 @@ __global__ void int8_depthwise_kernel(DepthwiseParams d) {
       }
     }
     // acc already has the zero-point applied: pass it through store_out with a zero col_sum term.
-    const float y = int8_dequant_acc(acc, int8_multiplier(d.e.x_scale, d.e.w_scale[c]),
-                                     d.e.bias ? d.e.bias[c] : 0.0f, d.e.relu);
+    const bool res = d.e.residual != nullptr;
+    const float y = int8_dequant_acc_residual(acc, int8_multiplier(d.e.x_scale, d.e.w_scale[c]),
+                                              d.e.bias ? d.e.bias[c] : 0.0f, res, res ? d.e.residual[pix * d.C + c] : 0,
+                                              d.e.residual_scale, d.e.residual_zero_point, d.e.relu);
     if (d.e.requantize) {
       d.e.out_u8[pix * d.C + c] = int8_requantize(y, d.e.inv_out_scale, d.e.out_zero_point);
     } else {
@@ -270,7 +277,8 @@ Tensor int8_conv2d_cuda(const Tensor& x_q, double x_scale, int64_t x_zero_point,
                         const Tensor& w_col_sum, const Tensor& w_scale, at::IntArrayRef kernel_size,
                         const std::optional<Tensor>& bias, at::IntArrayRef stride, at::IntArrayRef padding,
                         at::IntArrayRef dilation, int64_t groups, std::optional<double> out_scale,
-                        std::optional<int64_t> out_zero_point, bool relu, c10::string_view kernel) {
+                        std::optional<int64_t> out_zero_point, bool relu, c10::string_view kernel,
+                        const std::optional<Tensor>& residual, double residual_scale, int64_t residual_zero_point) {
   constexpr const char* op = "int8_conv2d";
   const c10::cuda::CUDAGuard guard(x_q.device());
   const PackedHeader h = read_packed_header(op, w_packed);
@@ -288,6 +296,12 @@ Tensor int8_conv2d_cuda(const Tensor& x_q, double x_scale, int64_t x_zero_point,
   GemmParams p{};
   fill_epilogue(p, ep, w_col_sum, w_scale, bias, out);
   p.ld_out = g.c_out;
+  const Tensor res = check_residual(op, residual, out, residual_scale, residual_zero_point);
+  if (res.defined()) {
+    p.residual = res.const_data_ptr<uint8_t>();
+    p.residual_scale = static_cast<float>(residual_scale);
+    p.residual_zero_point = static_cast<float>(residual_zero_point);
+  }
   const int8_t* payload = w_packed.const_data_ptr<int8_t>() + kPackedHeaderBytes;
   if (h.kind == static_cast<int32_t>(PackedKind::kDepthwise)) {
     DepthwiseParams d{};
