@@ -3,7 +3,9 @@ and ``y``, or an image folder with one sub-folder per class (sorted names = clas
 ImageFolder).
 
 uint8 images are scaled to [0, 1] and normalised with the model's ``mean`` / ``std``; float arrays in an ``.npz``
-are taken as already normalised unless ``mean`` / ``std`` are given explicitly (``normalize_float=True``)."""
+are taken as already normalised unless ``mean`` / ``std`` are given explicitly (``normalize_float=True``).
+``limit``: a fixed random subset of that many images (seed 0, kept in file order), not the first ones: data sets are
+often sorted by class."""
 
 from __future__ import annotations
 
@@ -34,7 +36,10 @@ def load_eval_data(spec: str, input_shape: Sequence[int], mean: Optional[Sequenc
         with np.load(spec) as data:
             if "x" not in data or "y" not in data:
                 raise ValueError(f"--eval {spec}: the .npz needs arrays 'x' and 'y', it has {sorted(data.keys())}")
-            xs, ys = data["x"][:limit], data["y"][:limit]
+            xs, ys = data["x"], data["y"]
+            if limit and limit < len(xs):
+                keep = _subset(len(xs), limit)
+                xs, ys = xs[keep], ys[keep]
         x = _to_nchw(xs, shape, spec)
         if xs.dtype == np.uint8:
             x = _normalize(x.float().div_(255.0), mean, std, spec)
@@ -45,13 +50,18 @@ def load_eval_data(spec: str, input_shape: Sequence[int], mean: Optional[Sequenc
         y = torch.from_numpy(np.asarray(ys)).long()
     else:
         raise FileNotFoundError(f"--eval {spec}: no such file or folder (or 'digits' for the built-in digits)")
-    if limit:
-        x, y = x[:limit], y[:limit]
+    if limit and limit < x.shape[0]:
+        keep = torch.from_numpy(_subset(x.shape[0], limit))
+        x, y = x[keep], y[keep]
     if x.shape[1:] != shape:
         raise ValueError(f"--eval {spec}: images are {tuple(x.shape[1:])}, the model takes {shape}")
     if y.shape != (x.shape[0],):
         raise ValueError(f"--eval {spec}: {x.shape[0]} images but labels of shape {tuple(y.shape)}")
     return x.contiguous(), y
+
+
+def _subset(n: int, k: int) -> np.ndarray:
+    return np.sort(np.random.RandomState(0).permutation(n)[:k])
 
 
 def _to_nchw(xs: np.ndarray, shape, where) -> torch.Tensor:
@@ -92,8 +102,8 @@ def _image_folder(root: str, shape, limit) -> Tuple[torch.Tensor, torch.Tensor]:
              for f in sorted(os.listdir(os.path.join(root, c))) if f.lower().endswith(IMAGE_EXTENSIONS)]
     if not files:
         raise ValueError(f"--eval {root}: no images in class sub-folders (expected {root}/CLASS/IMAGE.png)")
-    if limit:
-        files = files[:limit]
+    if limit and limit < len(files):
+        files = [files[i] for i in _subset(len(files), limit)]
     c, h, w = shape
     from tqdm.auto import tqdm
 
