@@ -446,8 +446,15 @@ def run_eval(args) -> int:
 
 # ------------------------------------------------------------------------------------------------------------- main
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the whole usage first); exit code 2 as argparse."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="pyquant", description="Data-free quantization for PyTorch. Without a "
+    parser = _Parser(prog="pyquant", description="Data-free quantization for PyTorch. Without a "
                                      "subcommand: the default job (pyquant demo).")
     parser.add_argument("--version", action="store_true", help="print version and build info")
     sub = parser.add_subparsers(dest="command")

@@ -198,6 +198,20 @@ def time_call(fn, repeat=20):
     return samples[len(samples) // 2]
 
 
+def time_interleaved(a, b, repeat: int):
+    """Medians of ``a`` and ``b`` timed alternately (after one warm-up call each), so both see the same machine
+    load: on a shared machine, timing one and then the other skews the ratio."""
+    a(), b()
+    ta, tb = [], []
+    for _ in range(max(1, repeat)):
+        for fn, samples in ((a, ta), (b, tb)):
+            t0 = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t0)
+    ta.sort(), tb.sort()
+    return ta[len(ta) // 2], tb[len(tb) // 2]
+
+
 def bench_cases():
     """(name, pyquant callable, baseline name, baseline callable) on shapes that take milliseconds."""
     from pyquant import reference
@@ -256,7 +270,7 @@ def run_bench(args) -> int:
     with human_output(args):
         for name, ours, base_name, base in tqdm(bench_cases(), desc="bench", unit="case", disable=args.quiet,
                                                 leave=False):
-            t_ours, t_base = time_call(ours, args.repeat), time_call(base, args.repeat)
+            t_ours, t_base = time_interleaved(ours, base, args.repeat)
             rows.append({"case": name, "pyquant_ms": t_ours * 1e3, "baseline": base_name, "baseline_ms": t_base * 1e3,
                          "speedup": t_base / t_ours})
         info = __import__("pyquant").build_info()
