@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -372,6 +373,8 @@ def run_quantize(args) -> int:
     set_threads(args)
     if args.recipe not in pyquant.RECIPES:
         raise UsageError(f"--recipe {args.recipe!r}: choose one of {', '.join(sorted(pyquant.RECIPES))}")
+    if args.onnx and importlib.util.find_spec("onnx") is None:
+        raise UsageError("--onnx needs the onnx package: pip install onnx (or pyquant[onnx])")
     out = prepare_out(args.out)
     device = pick_device(args.device)
     with human_output(args):
