@@ -114,6 +114,9 @@ def add_quantize_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-samples", type=positive_int, default=None, help="synthetic samples (recipe default)")
     p.add_argument("--iterations", type=positive_int, default=None, help="synthesis iterations (recipe default)")
+    p.add_argument("--calib", default=None, metavar="DIR",
+                   help="calibrate on synthetic data made beforehand by `pyquant distill --out DIR` (e.g. under "
+                        "torchrun on many GPUs) instead of synthesizing it here")
     p.add_argument("--out", default=None, help="output folder for the models, manifest and report")
     p.add_argument("--int8", action=argparse.BooleanOptionalAction, default=None,
                    help="convert to real int8 and evaluate/save it (default: on; --no-int8 to skip)")
@@ -392,6 +395,19 @@ def run_quantize(args) -> int:
                 overrides["num_samples"] = args.num_samples
             if args.iterations is not None:
                 overrides["data_iterations"] = args.iterations
+        calib, calib_steps = None, []
+        if args.calib:
+            from pyquant.distill import load_shards
+
+            if not os.path.isfile(os.path.join(args.calib, "manifest.json")):
+                raise UsageError(f"--calib {args.calib}: no manifest.json (a folder written by pyquant distill)")
+            t0 = time.perf_counter()
+            calib = load_shards(args.calib).to(device)
+            if tuple(calib.shape[1:]) != tuple(shape):
+                raise UsageError(f"--calib {args.calib}: samples are {tuple(calib.shape[1:])}, the model takes "
+                                 f"{tuple(shape)}")
+            calib_steps = [{"step": "load:calib", "seconds": time.perf_counter() - t0,
+                            "detail": f"{calib.shape[0]} samples from {args.calib}"}]
         if not args.quiet:
             print(f"pyquant quantize: {args.model} ({info.weights}), recipe {args.recipe}, W{args.w_bits}A{args.a_bits}"
                   f", input {','.join(map(str, shape))}, device {device}")
@@ -402,7 +418,7 @@ def run_quantize(args) -> int:
         result = quantize_job(model, input_shape=shape, recipe=args.recipe, w_bits=args.w_bits, a_bits=args.a_bits,
                               device=device, data=data, out=out, int8=args.int8, onnx=args.onnx, seed=args.seed,
                               overrides=overrides, quiet=args.quiet, batch_size=args.batch_size,
-                              manifest_extra=extra,
+                              manifest_extra=extra, calib=calib, calib_steps=calib_steps,
                               title=f"{args.model}: {args.recipe}, W{args.w_bits}A{args.a_bits}")
         result["model"] = args.model
         acc = result["accuracy"]
