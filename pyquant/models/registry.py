@@ -126,7 +126,7 @@ def _shared_cifar_images() -> Optional[str]:
 def _torchvision_builder(name: str):
     try:
         import torchvision
-    except ImportError:
+    except Exception:  # not installed, or built for another torch (its import then fails with a RuntimeError)
         return None
     try:
         return torchvision.models.get_model_builder(name)
