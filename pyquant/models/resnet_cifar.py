@@ -6,7 +6,6 @@ load with strict=True once the "module." prefix is stripped.
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -72,13 +71,9 @@ class ResNetCifar(nn.Module):
 def load_checkpoint(path: str) -> dict:
     """A state dict from a local checkpoint, loaded with weights_only=True (nothing is unpickled).
     Accepts a bare state dict or {"state_dict": ...}; strips a DataParallel "module." prefix."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    obj = torch.load(path, map_location="cpu", weights_only=True)
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-    if not isinstance(state, dict):
-        raise ValueError(f"checkpoint {path} holds no state dict")
-    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    from pyquant.models.checkpoint import read_state_dict
+
+    return read_state_dict(path)
 
 
 def resnet_cifar(depth: int, num_classes: int = 10, checkpoint: Optional[str] = None) -> nn.Module:

@@ -1,10 +1,13 @@
-"""Per-layer quantization report: bits, ranges, SQNR vs the FP32 model."""
+"""Per-layer quantization report: bits, ranges, SQNR vs the FP32 model; :meth:`QuantReport.write` turns it into a
+Markdown file with PNG plots (per-layer SQNR and ranges, accuracy, the mixed-precision Pareto frontier)."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import asdict, dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +55,18 @@ class QuantReport:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def write(self, directory: str, *, accuracy: Optional[Mapping[str, float]] = None, title: Optional[str] = None,
+              notes: Optional[List[str]] = None, extra_steps: Optional[List[dict]] = None,
+              mixed_precision: Optional[Mapping] = None) -> str:
+        """Writes ``report.md``, ``report.json`` and ``layers.png`` (per-layer SQNR, bits and ranges) into
+        ``directory`` (created), plus ``accuracy.png`` when ``accuracy`` is given ({"FP32": 91.2, "fake-quant": ...,
+        top-1 in percent}) and ``frontier.png`` when ``mixed_precision`` ({"sensitivity": {layer: {bits: value}},
+        "sizes": {layer: weight count}}, as for :func:`pyquant.mixed.pareto_frontier`) is given.
+        ``extra_steps``: wall times of steps outside pyquant.quantize ({"step", "seconds", "detail"}), listed after
+        its own. Returns the path of ``report.md``."""
+        return write_report(self, directory, accuracy=accuracy, title=title, notes=notes, extra_steps=extra_steps,
+                            mixed_precision=mixed_precision)
+
     def __str__(self) -> str:
         lines = [f"recipe {self.recipe}: W{self.w_bits}A{self.a_bits} ({self.convention})",
                  f"{'layer':<28}{'wbits':>6}{'abits':>6}{'w SQNR dB':>11}{'out SQNR dB':>13}  input range"]
@@ -98,3 +113,129 @@ def build_report(qmodel: nn.Module, fp_model: nn.Module, data: Optional[Tensor],
             report.activations[name] = {"bits": q.bits, "range": [float(lo.min()), float(hi.max())],
                                         "site": getattr(qmodel, "act_quantizer_sites", {}).get(name)}
     return report
+
+
+def _fmt(v, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and math.isinf(v):
+        return "inf"
+    return f"{v:.{digits}f}"
+
+
+def _plot_layers(report: QuantReport, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [r.name for r in report.layers]
+    idx = list(range(len(names)))
+    finite = [r.weight_sqnr_db if math.isfinite(r.weight_sqnr_db) else None for r in report.layers]
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(max(6.0, 0.45 * len(names) + 2), 6.5), sharex=True)
+    ax.bar([i - 0.2 for i in idx], [v or 0 for v in finite], 0.4, label="weight SQNR", color="tab:blue")
+    out = [r.output_sqnr_db for r in report.layers]
+    ax.bar([i + 0.2 for i in idx], [v if v is not None and math.isfinite(v) else 0 for v in out], 0.4,
+           label="layer-output SQNR (vs FP32)", color="tab:orange")
+    for i, r in enumerate(report.layers):
+        ax.annotate(f"W{r.weight_bits}" + (f"A{r.input_bits}" if r.input_bits else ""), (i, 0), xytext=(0, 2),
+                    textcoords="offset points", ha="center", va="bottom", fontsize=7, rotation=90, color="white")
+    ax.set_ylabel("SQNR (dB)")
+    ax.set_title(f"{report.recipe}: W{report.w_bits}A{report.a_bits} ({report.convention})")
+    ax.legend(fontsize=8)
+    ax.grid(True, axis="y", alpha=0.3)
+    lo = [r.input_range[0] if r.input_range else 0.0 for r in report.layers]
+    hi = [r.input_range[1] if r.input_range else 0.0 for r in report.layers]
+    ax2.vlines(idx, lo, hi, color="tab:green", lw=6, label="input quantizer range [lo, hi]")
+    ax2.plot(idx, [r.weight_clip[1] for r in report.layers], "k_", ms=12, mew=2, label="largest weight clip")
+    ax2.set_ylabel("range")
+    ax2.set_yscale("symlog", linthresh=1.0)
+    ax2.legend(fontsize=8)
+    ax2.grid(True, axis="y", alpha=0.3)
+    ax2.set_xticks(idx)
+    ax2.set_xticklabels(names, rotation=70, ha="right", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _plot_accuracy(accuracy: Mapping[str, float], path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    labels, values = list(accuracy), [float(v) for v in accuracy.values()]
+    bars = ax.bar(labels, values, color=["tab:gray", "tab:blue", "tab:orange", "tab:green"][:len(labels)])
+    for b, v in zip(bars, values):
+        ax.annotate(f"{v:.2f}", (b.get_x() + b.get_width() / 2, v), xytext=(0, 2), textcoords="offset points",
+                    ha="center", fontsize=8)
+    ax.set_ylim(max(0.0, min(values) - 10), 100)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: QuantReport, directory: str, *, accuracy: Optional[Mapping[str, float]] = None,
+                 title: Optional[str] = None, notes: Optional[List[str]] = None,
+                 extra_steps: Optional[List[dict]] = None, mixed_precision: Optional[Mapping] = None) -> str:
+    """See :meth:`QuantReport.write`."""
+    if not isinstance(report, QuantReport):
+        raise TypeError(f"report must be a QuantReport, got {type(report).__name__}")
+    os.makedirs(directory, exist_ok=True)
+    title = title or f"pyquant report: {report.recipe}, W{report.w_bits}A{report.a_bits}"
+    md = [f"# {title}", "", f"Recipe `{report.recipe}`, weights {report.w_bits} bit, activations {report.a_bits} bit "
+          f"({report.convention}).", ""]
+    md += [f"- {n}" for n in notes or []] + ([""] if notes else [])
+    if accuracy:
+        _plot_accuracy(accuracy, os.path.join(directory, "accuracy.png"), title)
+        md += ["## Accuracy", "", "| model | top-1 (%) |", "|---|---:|"]
+        md += [f"| {k} | {float(v):.2f} |" for k, v in accuracy.items()]
+        md += ["", "![accuracy](accuracy.png)", ""]
+    _plot_layers(report, os.path.join(directory, "layers.png"))
+    md += ["## Layers", "", "SQNR = 10 log10(signal / quantization noise), in dB; layer outputs are compared with the "
+           "BN-folded FP32 network on the calibration data.", "",
+           "| layer | kind | W bits | A bits | weight clip (min..max over channels) | input range | weight SQNR dB | "
+           "output SQNR dB |", "|---|---|---:|---:|---|---|---:|---:|"]
+    for r in report.layers:
+        rng = "-" if r.input_range is None else f"[{r.input_range[0]:.4g}, {r.input_range[1]:.4g}]"
+        md.append(f"| `{r.name}` | {r.kind} | {r.weight_bits} | {r.input_bits or '-'} | "
+                  f"{r.weight_clip[0]:.4g}..{r.weight_clip[1]:.4g} | {rng} | {_fmt(r.weight_sqnr_db, 1)} | "
+                  f"{_fmt(r.output_sqnr_db, 1)} |")
+    md += ["", "![per-layer SQNR and ranges](layers.png)", ""]
+    if report.activations:
+        md += ["## Activation quantizers", "", "| quantizer | site | bits | range |", "|---|---|---:|---|"]
+        md += [f"| `{n}` | {a.get('site') or '-'} | {a['bits']} | [{a['range'][0]:.4g}, {a['range'][1]:.4g}] |"
+               for n, a in report.activations.items()]
+        md.append("")
+    mixed = mixed_precision or getattr(report, "mixed_precision", None)
+    if mixed:
+        from pyquant.mixed import pareto_frontier
+        from pyquant.mixed.plot import plot_frontier
+
+        frontier = pareto_frontier(mixed["sensitivity"], mixed["sizes"])
+        chosen_bits = {r.name: r.weight_bits for r in report.layers if r.name in mixed["sizes"]}
+        size = sum(mixed["sizes"][n] * b for n, b in chosen_bits.items())
+        total = sum(mixed["sensitivity"][n][b] for n, b in chosen_bits.items())
+        plot_frontier(frontier, os.path.join(directory, "frontier.png"), chosen={"chosen": (size, total, chosen_bits)})
+        md += ["## Mixed precision", "", f"{len(frontier)} Pareto-optimal bit allocations; the chosen one has "
+               f"{size / 8 / 1024:.1f} KiB of weights, total sensitivity {total:.4g}.", "",
+               "![Pareto frontier](frontier.png)", ""]
+    steps = list(report.steps) + list(extra_steps or [])
+    if steps:
+        md += ["## Wall time per step", "", "| step | seconds | detail |", "|---|---:|---|"]
+        md += [f"| {s['step']} | {s['seconds']:.2f} | {s.get('detail', '')} |" for s in steps]
+        md += ["", f"Total: {sum(s['seconds'] for s in steps):.1f} s.", ""]
+    path = os.path.join(directory, "report.md")
+    with open(path, "w") as f:
+        f.write("\n".join(md))
+    data = report.to_dict()
+    data["steps"] = steps
+    if accuracy:
+        data["accuracy"] = dict(accuracy)
+    with open(os.path.join(directory, "report.json"), "w") as f:
+        json.dump(data, f, indent=1, default=float)
+    return path
