@@ -20,7 +20,10 @@ def test_cifar_stem_keeps_32x32_inputs_at_stride_8():
 
 
 def test_a_torchvision_state_dict_loads_and_gives_the_same_outputs():
-    tv = pytest.importorskip("torchvision")
+    try:
+        import torchvision as tv
+    except Exception as err:  # absent, or a build whose C++ ops do not load against this torch
+        pytest.skip(f"torchvision unavailable: {type(err).__name__}: {err}")
     torch.manual_seed(0)
     ref = tv.models.mobilenet_v2(weights=None, width_mult=0.75).eval()
     for m in ref.modules():
