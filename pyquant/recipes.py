@@ -91,6 +91,7 @@ class Recipe:
     select_among: Tuple[str, ...] = ()
     select_holdout: int = 32
     select_signal: str = "kl"
+    reconstruct: Optional[dict] = None  # keyword arguments of pyquant.finetune.reconstruct (needs data)
 
     def __post_init__(self):
         checks = [("data", self.data, GENERATORS + (None,)), ("weight_estimator", self.weight_estimator, WEIGHT_ESTIMATORS),
@@ -143,6 +144,8 @@ class Recipe:
         s.append(f"calibrate_activations:{self.act_estimator}")
         if self.abn and self.abn_after_activations:
             s += ["abn", f"calibrate_activations:{self.act_estimator}"]
+        if self.reconstruct is not None:
+            s.append("reconstruct")
         s.append("report")
         if self.select_among:
             s.append("select:" + ",".join((self.name,) + tuple(self.select_among)))
@@ -176,6 +179,11 @@ RECIPES: Dict[str, Recipe] = {
                    act_estimator="mse", abn=True, abn_after_activations=True, abn_below_bits=8, abn_bn_weight=0.5,
                    input_calibration="standardized", select_among=("lp_squant", "zeroq", "dfq", "squant"),
                    select_signal="bn_mismatch"),
+    # BRECQ / Genie-M block reconstruction (pyquant.finetune) on ZeroQ data, from Lp (p = 2.4) weight and MSE
+    # activation clips. Settings not yet tuned on ResNet-32/44 (issue 11).
+    "brecq": Recipe(name="brecq", data="zeroq", num_samples=512, weight_estimator="mse", weight_p=2.4,
+                    act_estimator="mse", input_calibration="standardized",
+                    reconstruct={"iterations": 500, "batch_size": 32}),
 }
 
 
@@ -368,6 +376,11 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
             s.detail = f"{abn()} layers, activations quantized"
         with step(f"calibrate_activations:{recipe.act_estimator}"):
             calibrate_activations()
+    if recipe.reconstruct is not None:
+        from pyquant.finetune import reconstruct
+
+        with step("reconstruct", f"{len(data)} samples"):
+            reconstruct(qm, data, seed=seed, progress=progress, inplace=True, **recipe.reconstruct)
     with step("report"):
         if probe is None:
             probe = torch.randn((64,) + shape, generator=torch.Generator().manual_seed(seed)).to(device)
