@@ -11,15 +11,7 @@ from pyquant.selection import output_divergence, select
 
 from nets import bn_stats_from_data, mobilenet, resnet8
 
-FAST = dict(num_samples=8, data_iterations=3, data_batch_size=8)
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from test_recipes import FAST, _threads  # noqa: F401  (the same tiny settings, one thread)
 
 
 def _kl_float64_loop(p_logits, q_logits):
