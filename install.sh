@@ -72,4 +72,12 @@ else
   MAX_JOBS="${MAX_JOBS:-2}" "$PY" -m pip install --quiet --no-build-isolation -e ".$EXTRAS"
   echo "$HASH" > "$STAMP"
 fi
-"$PY" -c "import pyquant; print('pyquant', pyquant.__version__, 'installed in $VENV:', pyquant.build_info())"
+# A dependency that pulls in another torch after the build leaves an extension compiled against the wrong one.
+"$PY" -c "
+import sys, pyquant
+info = pyquant.build_info()
+print('pyquant', pyquant.__version__, 'installed in $VENV:', info)
+if info['torch_built'] != info['torch_runtime']:
+    sys.exit('install.sh: a dependency replaced torch ' + info['torch_built'] + ' by ' + info['torch_runtime']
+             + ' after pyquant was compiled; pin it or rebuild with PYQUANT_REBUILD=1')
+"
