@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 from pyquant import ops
-from pyquant.distill import BNStatHooks, bn_layers
+from pyquant.distill import BNStatHooks
 from pyquant.distill._loop import own_input_term
 from pyquant.distill.hooks import eager_bn_stat_loss
-from pyquant.models import resnet_cifar
+from pyquant.models import fit_bn_statistics, resnet_cifar
 
 # Subnormal gradients make CPU convolutions ~10x slower; the generators flush them, so do the cases.
 torch.set_flush_denormal(True)
@@ -105,23 +105,6 @@ class ResNet18Shaped(nn.Module):
         return self.fc(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-def realistic_bn_stats_(model: nn.Module, shape, seed=0) -> nn.Module:
-    """Random weights; BN running statistics set to the actual statistics of the activations on
-    Gaussian inputs (cumulative average over two train-mode batches), so the loss starts realistic."""
-    g = torch.Generator().manual_seed(seed)
-    for bn in bn_layers(model):
-        bn.momentum = None
-        bn.reset_running_stats()
-        with torch.no_grad():
-            bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
-            bn.bias.copy_(torch.randn(bn.num_features, generator=g) * 0.2)
-    model.train()
-    with torch.no_grad():
-        for _ in range(2):
-            model(torch.randn((8,) + tuple(shape), generator=g))
-    return model.eval()
-
-
 def make_model(name):
     if name == "resnet20":
         return resnet_cifar(20), (3, 32, 32), 128
@@ -135,7 +118,7 @@ _MODELS = {}
 def zeroq_step_case(name, impl):
     if name not in _MODELS:
         model, shape, batch = make_model(name)
-        _MODELS[name] = (realistic_bn_stats_(model, shape), shape, batch)
+        _MODELS[name] = (fit_bn_statistics(model, shape), shape, batch)
     model, shape, batch = _MODELS[name]
     x = torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(1)).requires_grad_()
     opt = torch.optim.Adam([x], lr=0.5)

@@ -156,6 +156,34 @@ def test_convert_resnet20_random_weights():
     assert not any(isinstance(m, int8.modules.Add) for m in q.modules())
 
 
+class HardswishSENet(nn.Module):
+    """Hardswish and a squeeze-excitation gate: ops with no int8 kernel, which convert runs in float32."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1, self.bn1, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.Hardswish()
+        self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        x = self.act(self.bn1(self.conv1(x)))
+        gate = torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1)))))
+        x = F.relu(self.bn2(self.conv2(x * gate)))
+        return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def test_convert_lists_the_nodes_left_in_float(small):
+    _, q = small
+    assert q.float_nodes == {}  # SmallNet runs wholly on codes
+    fq = _quantize(_randomize_bn(HardswishSENet()))
+    q = int8.convert(fq)
+    assert q.float_nodes == {"act": "call_module Hardswish", "adaptive_avg_pool2d": "call_function adaptive_avg_pool2d",
+                             "sigmoid": "call_function sigmoid", "mul": "call_function mul"}
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(6))
+    _check_faithful(fq, q, x)  # the float islands compute what the fake-quant network computes
+
+
 def test_convert_errors_name_the_node(small):
     fq, _ = small
     import copy

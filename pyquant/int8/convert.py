@@ -93,6 +93,7 @@ class _Converter:
         self.env: Dict[fx.Node, _Value] = {}
         self.consumed: Dict[fx.Node, fx.Node] = {}  # absorbed node -> the node whose value it takes
         self.quantizer_nodes: Dict[str, str] = {}  # aq name -> node name in the converted graph
+        self.float_nodes: Dict[str, str] = {}  # source node name -> what runs in float32 there
         self.names: set = set()
 
     # -- helpers -------------------------------------------------------------------------------------
@@ -166,6 +167,7 @@ class _Converter:
             self.convert_node(node)
         out = fx.GraphModule(self.root, self.graph, "Int8Model")
         out.quantizer_nodes = dict(self.quantizer_nodes)
+        out.float_nodes = dict(self.float_nodes)
         return out
 
     def convert_node(self, node: fx.Node) -> None:
@@ -283,7 +285,10 @@ class _Converter:
         self.env[node] = _Value(new, v.grid)
 
     def copy_float(self, node: fx.Node, m: Optional[nn.Module]) -> None:
+        """A node with no int8 kernel: it runs in float32 on dequantized inputs (listed in ``float_nodes``)."""
         args, kwargs = self.as_float(node.args), self.as_float(node.kwargs)
+        what = type(m).__name__ if m is not None else getattr(node.target, "__name__", str(node.target))
+        self.float_nodes[node.name] = f"{node.op} {what}"
         if node.op == "call_module":
             new = self.graph.call_module(self.add_module(node.target, _copy_parameter_free(m, node)), args, kwargs)
         else:
@@ -309,7 +314,10 @@ def convert(fake_quant_model: nn.Module) -> fx.GraphModule:
     """The fake-quant network from :func:`pyquant.quantize` running on the int8 ops (``ops.int8_conv2d`` /
     ``ops.int8_linear``): uint8 activations between layers, prepacked int8 weights, fused bias / ReLU /
     requantization. Returns a ``torch.fx.GraphModule`` (float32 in, float32 out) in eval mode with
-    ``quantizer_nodes`` (activation quantizer name -> the node producing its codes). ValueError naming the
+    ``quantizer_nodes`` (activation quantizer name -> the node producing its codes) and ``float_nodes`` (node
+    name -> op, for every node without an int8 kernel that runs in float32 between a dequantize and the next
+    quantize: Hardswish, SiLU, a squeeze-excitation product, ...; empty for a network that runs wholly on
+    codes). ValueError naming the
     node for anything that cannot run on the int8 kernels (weights wider than 8 bit or asymmetric, activation
     grids wider than 8 bit, per-channel activation grids, a conv/linear without an input quantizer)."""
     if not isinstance(fake_quant_model, nn.Module):
