@@ -48,6 +48,16 @@ def bits_arg(text: str) -> int:
     return bits
 
 
+def avg_bits_arg(text: str) -> float:
+    try:
+        bits = float(text)
+    except ValueError:
+        bits = float("nan")
+    if not 2 <= bits <= 8:
+        raise argparse.ArgumentTypeError(f"average bits must be a number in 2..8, got {text!r}")
+    return bits
+
+
 def shape_arg(text: str) -> Tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
@@ -108,6 +118,10 @@ def add_quantize_parser(sub) -> None:
     p.add_argument("--w-bits", type=bits_arg, default=8, help="weight bits, 2..8 (default 8)")
     p.add_argument("--a-bits", type=bits_arg, default=8, help="activation bits, 2..8 (default 8)")
     p.add_argument("--first-last-bits", type=bits_arg, default=None, help="bits of the first and last layer")
+    p.add_argument("--avg-bits", type=avg_bits_arg, default=None, metavar="B",
+                   help="mixed-precision weights: ZeroQ's Pareto allocation of 2/4/8 bit per layer with at most B "
+                        "bits per weight on average (needs a recipe that synthesizes data); the report plots the "
+                        "frontier")
     p.add_argument("--checkpoint", default=None, help="state dict file (.pt/.pth/.th via torch.load(weights_only="
                                                       "True), or .safetensors)")
     p.add_argument("--input-shape", type=shape_arg, default=None, help="C,H,W of one input (default: the model's)")
@@ -301,6 +315,8 @@ def quantize_job(model, *, input_shape, recipe: str, w_bits: int, a_bits: int, d
                          "weight_clip": r.weight_clip, "input_range": r.input_range,
                          "weight_sqnr_db": r.weight_sqnr_db, "output_sqnr_db": r.output_sqnr_db}
                         for r in report.layers]
+    if report.mixed_precision:
+        result["mixed_precision"] = report.mixed_precision
     if out is not None:
         files = {}
         with timer("save"):
@@ -390,6 +406,8 @@ def run_quantize(args) -> int:
         overrides = {}
         if args.first_last_bits is not None:
             overrides["first_last_bits"] = args.first_last_bits
+        if args.avg_bits is not None:
+            overrides["mixed_precision_bits"] = args.avg_bits
         if pyquant.RECIPES[args.recipe].data is not None:
             if args.num_samples is not None:
                 overrides["num_samples"] = args.num_samples
