@@ -162,12 +162,14 @@ def test_quantize_digits_writes_models_manifest_report_and_eval_agrees(tmp_path,
     acc = res["accuracy"]
     assert set(acc) == {"FP32", "fake-quant", "int8"} and acc["FP32"] > 95
     assert abs(acc["int8"] - acc["fake-quant"]) <= 1.0  # 450 images: at most a few flips
-    # the saved int8 model reproduces the recorded accuracy exactly
-    rc, stdout, _ = run_cli(capsys, "eval", str(out), "--json", "--quiet")
-    assert rc == 0 and json.loads(stdout)["int8_top1"] == acc["int8"]
-    # fake-quant weights saved are the quantized ones
+    # the saved fake-quant and int8 models, reloaded, reproduce the recorded accuracies exactly (same data, same
+    # batches: the same floats), and the FP32 model named beside them its accuracy
+    rc, stdout, _ = run_cli(capsys, "eval", str(out), "--fp32", "digits-cnn", "--json", "--quiet")
+    ev = json.loads(stdout)
+    assert rc == 0 and ev["accuracy"] == acc and ev["images"] == 450
+    # fake_quant.safetensors holds the state dict under its own names (weights, quantizer scales) and the graph
     state = load_file(str(out / "fake_quant.safetensors"))
-    assert any(k.endswith("weight") for k in state)
+    assert "conv1.weight" in state and "conv1.weight_quantizer.scale" in state
     report = (out / "report.md").read_text()
     assert "| `conv1` | QuantConv2d | 4 | 4 |" in report and "## Wall time per step" in report
 
@@ -196,6 +198,11 @@ def test_quantize_own_model_from_function_and_checkpoint(tmp_path, capsys, monke
     assert res["input_shape"] == [3, 12, 12] and res["eval"]["images"] == 20
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["checkpoint_sha256"] and manifest["mean"] == [0.5] and manifest["recipe"]["name"] == "dfq"
+    # eval reads the .npz with the normalisation quantize was given, so it reproduces every accuracy exactly
+    rc, stdout, _ = run_cli(capsys, "eval", str(tmp_path / "o"), "--fp32", "zoo:net", "--checkpoint",
+                            str(tmp_path / "ck.pt"), "--json", "--quiet")
+    assert rc == 0 and json.loads(stdout)["accuracy"] == res["accuracy"]
+    assert set(res["accuracy"]) == {"FP32", "fake-quant", "int8"}
 
 
 @pytest.mark.parametrize("argv, message", [
