@@ -174,6 +174,8 @@ def pick_device(name: str):
                              "FORCE_CUDA=1)")
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: no GPU is visible to torch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s)")
     elif device.type != "cpu":
         raise UsageError(f"--device {name!r}: use cpu, cuda, cuda:N or auto")
     return device
@@ -380,9 +382,11 @@ def public(result: dict) -> dict:
 
 @contextlib.contextmanager
 def human_output(args):
-    """With --json, everything human-readable goes to stderr so stdout holds only the JSON."""
+    """With --json, everything human-readable goes to stderr so stdout holds only the JSON; with --json --quiet it
+    is dropped (the JSON holds it all; notes and errors still go to stderr)."""
     if getattr(args, "json", False):
-        with contextlib.redirect_stdout(sys.stderr):
+        with open(os.devnull, "w") if getattr(args, "quiet", False) else contextlib.nullcontext(sys.stderr) as sink, \
+                contextlib.redirect_stdout(sink):
             yield
     else:
         yield
@@ -423,6 +427,10 @@ def run_quantize(args) -> int:
         if args.first_last_bits is not None:
             overrides["first_last_bits"] = args.first_last_bits
         if args.avg_bits is not None:
+            if pyquant.RECIPES[args.recipe].data is None and not args.calib:
+                raise UsageError(f"--avg-bits: the allocation measures each layer's sensitivity on data, and recipe "
+                                 f"{args.recipe} synthesizes none; use a recipe that does (best, zeroq, dsg, aac_abn) "
+                                 f"or --calib DIR")
             overrides["mixed_precision_bits"] = args.avg_bits
         if pyquant.RECIPES[args.recipe].data is not None:
             if args.num_samples is not None:
@@ -474,6 +482,7 @@ def run_eval(args) -> int:
     from pyquant.quant import serialize
 
     set_threads(args)
+    device = pick_device(args.device)
     manifest_path = os.path.join(args.dir, "manifest.json")
     if not os.path.isfile(manifest_path):
         raise UsageError(f"{args.dir}: no manifest.json (a folder written by `pyquant quantize --out`)")
@@ -482,7 +491,6 @@ def run_eval(args) -> int:
     files = manifest.get("files", {})
     if args.checkpoint and not args.fp32:
         raise UsageError("--checkpoint: it gives the weights of --fp32 MODEL; pass --fp32 too")
-    device = pick_device(args.device)
     with human_output(args):
         models = {}
         if args.fp32:
