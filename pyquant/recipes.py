@@ -327,7 +327,7 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
     layer_bits = mixed = None
     if recipe.mixed_precision_bits is not None:
         with step("mixed_precision") as s:
-            layer_bits, mixed = _mixed_precision(folded, data, recipe.mixed_precision_bits)
+            layer_bits, mixed = _mixed_precision(folded, data, recipe.mixed_precision_bits, progress)
             s.detail = str(layer_bits)
     wspec = QuantSpec(bits=w_bits, signed=True, symmetric=True, axis=0, estimator=recipe.weight_estimator,
                       estimator_kwargs={"p": recipe.weight_p} if recipe.weight_estimator == "mse" else {})
@@ -499,7 +499,7 @@ def _squant_weights(qm) -> None:
         m.set_rounded_weight(squant_weight(m.weight.detach(), q.scale, q.zero_point, q.qmin, q.qmax, axis=0))
 
 
-def _mixed_precision(folded, data, avg_bits: float):
+def _mixed_precision(folded, data, avg_bits: float, progress: bool = False):
     """``({layer: bits}, measurement)``: ZeroQ's allocation under ``avg_bits`` and what it was chosen from
     (QuantReport.mixed_precision: per-layer sensitivity, weight counts, budget)."""
     try:
@@ -509,7 +509,7 @@ def _mixed_precision(folded, data, avg_bits: float):
     if data is None:
         raise ValueError("mixed precision needs data (ZeroQ sensitivity): set data=")
     layers = {n: m for n, m in folded.named_modules() if isinstance(m, qgraph.WEIGHT_LAYERS)}
-    sensitivity = mixed.layer_sensitivity(folded, data, bits_options=(2, 4, 8), layers=list(layers), progress=False)
+    sensitivity = mixed.layer_sensitivity(folded, data, bits_options=(2, 4, 8), layers=list(layers), progress=progress)
     sizes = {n: m.weight.numel() for n, m in layers.items()}
     budget = avg_bits * sum(sizes.values())
     measured = {"avg_bits": avg_bits, "budget_bits": budget, "sensitivity": sensitivity, "sizes": sizes}

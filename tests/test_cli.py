@@ -287,7 +287,10 @@ def test_device_cuda(tmp_path, capsys, quantized_dir):
         rc, stdout, _ = run_cli(capsys, "eval", quantized_dir, "--device", "cuda", "--json", "--quiet")
         rc_cpu, stdout_cpu, _ = run_cli(capsys, "eval", quantized_dir, "--device", "cpu", "--json", "--quiet")
         assert rc == rc_cpu == 0
-        assert json.loads(stdout)["accuracy"].keys() == json.loads(stdout_cpu)["accuracy"].keys()
+        gpu, cpu = json.loads(stdout)["accuracy"], json.loads(stdout_cpu)["accuracy"]
+        # the int8 model moved to the GPU (packed again for the CUDA kernels) and the fake-quant one agree with the
+        # CPU within two of the 450 images (float convolutions sum in another order there)
+        assert gpu.keys() == cpu.keys() and all(abs(gpu[k] - cpu[k]) <= 200 / 450 + 1e-9 for k in gpu)
         return
     # no CUDA kernels or no GPU here: auto is the CPU, and asking for cuda is bad input on every subcommand
     assert pick_device("auto").type == "cpu"
