@@ -48,6 +48,16 @@ def bits_arg(text: str) -> int:
     return bits
 
 
+def avg_bits_arg(text: str) -> float:
+    try:
+        bits = float(text)
+    except ValueError:
+        bits = float("nan")
+    if not 2 <= bits <= 8:
+        raise argparse.ArgumentTypeError(f"average bits must be a number in 2..8, got {text!r}")
+    return bits
+
+
 def shape_arg(text: str) -> Tuple[int, ...]:
     try:
         shape = tuple(int(s) for s in text.replace("x", ",").split(",") if s.strip())
@@ -108,6 +118,10 @@ def add_quantize_parser(sub) -> None:
     p.add_argument("--w-bits", type=bits_arg, default=8, help="weight bits, 2..8 (default 8)")
     p.add_argument("--a-bits", type=bits_arg, default=8, help="activation bits, 2..8 (default 8)")
     p.add_argument("--first-last-bits", type=bits_arg, default=None, help="bits of the first and last layer")
+    p.add_argument("--avg-bits", type=avg_bits_arg, default=None, metavar="B",
+                   help="mixed-precision weights: ZeroQ's Pareto allocation of 2/4/8 bit per layer with at most B "
+                        "bits per weight on average (needs a recipe that synthesizes data); the report plots the "
+                        "frontier")
     p.add_argument("--checkpoint", default=None, help="state dict file (.pt/.pth/.th via torch.load(weights_only="
                                                       "True), or .safetensors)")
     p.add_argument("--input-shape", type=shape_arg, default=None, help="C,H,W of one input (default: the model's)")
@@ -127,9 +141,14 @@ def add_quantize_parser(sub) -> None:
 
 
 def add_eval_parser(sub) -> None:
-    e = sub.add_parser("eval", help="evaluate a model saved by `pyquant quantize --out DIR` on data",
-                       description="Top-1 of the int8 model in DIR (written by pyquant quantize) on --eval DATA.")
+    e = sub.add_parser("eval", help="evaluate the models saved by `pyquant quantize --out DIR` on data",
+                       description="Top-1 of the fake-quant and int8 models in DIR (written by pyquant quantize) on "
+                                   "--eval DATA (default: the data quantize evaluated on), FP32 beside with --fp32.")
     e.add_argument("dir", metavar="DIR")
+    e.add_argument("--fp32", default=None, metavar="MODEL", help="also evaluate this FP32 model (as for pyquant "
+                                                                 "quantize: a built-in name, a torchvision name or "
+                                                                 "package.module:function)")
+    e.add_argument("--checkpoint", default=None, help="weights of --fp32 MODEL")
     add_eval_data(e)
     add_common(e)
     e.set_defaults(run=run_eval)
@@ -155,6 +174,8 @@ def pick_device(name: str):
                              "FORCE_CUDA=1)")
         if not torch.cuda.is_available():
             raise UsageError("--device cuda: no GPU is visible to torch")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: torch sees {torch.cuda.device_count()} GPU(s)")
     elif device.type != "cpu":
         raise UsageError(f"--device {name!r}: use cpu, cuda, cuda:N or auto")
     return device
@@ -229,19 +250,22 @@ class Timer:
         self.log.append({"step": step, "seconds": time.perf_counter() - t0, "detail": detail})
 
 
-def load_data(spec: Optional[str], shape, mean, std, args, info=None):
+def load_data(spec: Optional[str], shape, mean, std, args, info=None, *, explicit: bool = False,
+              limit: Optional[int] = None):
     """Evaluation data from --eval (or the model's default), or None; normalisation from --mean/--std, else the
-    model's."""
+    model's (``mean``/``std``; ``explicit``: they were given by flags, so float data get them too, as
+    :func:`pyquant.data.load_eval_data`'s ``normalize_float``). ``limit``: used when --limit is not given."""
     from pyquant.data import load_eval_data
 
     spec = spec or (info.default_eval if info is not None else None)
     if spec is None:
         return None
-    explicit = args.mean is not None or args.std is not None
-    mean = args.mean if explicit else mean
-    std = args.std if explicit else std
+    flags = args.mean is not None or args.std is not None
+    mean = args.mean if flags else mean
+    std = args.std if flags else std
     try:
-        x, y = load_eval_data(spec, shape, mean, std, normalize_float=explicit, limit=args.limit)
+        x, y = load_eval_data(spec, shape, mean, std, normalize_float=flags or explicit,
+                              limit=args.limit or limit)
     except FileNotFoundError as err:
         raise UsageError(str(err)) from None
     except ValueError as err:
@@ -301,15 +325,25 @@ def quantize_job(model, *, input_shape, recipe: str, w_bits: int, a_bits: int, d
                          "weight_clip": r.weight_clip, "input_range": r.input_range,
                          "weight_sqnr_db": r.weight_sqnr_db, "output_sqnr_db": r.output_sqnr_db}
                         for r in report.layers]
+    if report.mixed_precision:
+        result["mixed_precision"] = report.mixed_precision
     if out is not None:
         files = {}
         with timer("save"):
-            from safetensors.torch import save_file
+            from pyquant.quant import serialize
 
-            state = {k: v.detach().cpu().contiguous().clone() for k, v in qmodel.state_dict().items()}
-            save_file(state, os.path.join(out, "fake_quant.safetensors"),
-                      metadata={"pyquant.fake_quant": json.dumps({"recipe": recipe, "w_bits": w_bits,
-                                                                  "a_bits": a_bits})})
+            fq_path = os.path.join(out, "fake_quant.safetensors")
+            fq_meta = {"recipe": recipe, "w_bits": w_bits, "a_bits": a_bits}
+            try:
+                serialize.save(qmodel, fq_path, metadata=fq_meta)  # the graph too: pyquant eval reloads it
+            except ValueError as err:
+                from safetensors.torch import save_file
+
+                print(f"pyquant: the fake-quant graph cannot be stored ({err}); fake_quant.safetensors holds its "
+                      f"state dict only", file=sys.stderr)
+                result["fake_quant_graph_skipped"] = str(err)
+                state = {k: v.detach().cpu().contiguous().clone() for k, v in qmodel.state_dict().items()}
+                save_file(state, fq_path, metadata={serialize.METADATA_KEY: json.dumps(fq_meta)})
             files["fake_quant"] = "fake_quant.safetensors"
             if q8 is not None:
                 pyquant.int8.save(q8.cpu() if device.type != "cpu" else q8, os.path.join(out, "int8.safetensors"))
@@ -348,9 +382,11 @@ def public(result: dict) -> dict:
 
 @contextlib.contextmanager
 def human_output(args):
-    """With --json, everything human-readable goes to stderr so stdout holds only the JSON."""
+    """With --json, everything human-readable goes to stderr so stdout holds only the JSON; with --json --quiet it
+    is dropped (the JSON holds it all; notes and errors still go to stderr)."""
     if getattr(args, "json", False):
-        with contextlib.redirect_stdout(sys.stderr):
+        with open(os.devnull, "w") if getattr(args, "quiet", False) else contextlib.nullcontext(sys.stderr) as sink, \
+                contextlib.redirect_stdout(sink):
             yield
     else:
         yield
@@ -390,6 +426,12 @@ def run_quantize(args) -> int:
         overrides = {}
         if args.first_last_bits is not None:
             overrides["first_last_bits"] = args.first_last_bits
+        if args.avg_bits is not None:
+            if pyquant.RECIPES[args.recipe].data is None and not args.calib:
+                raise UsageError(f"--avg-bits: the allocation measures each layer's sensitivity on data, and recipe "
+                                 f"{args.recipe} synthesizes none; use a recipe that does (best, zeroq, dsg, aac_abn) "
+                                 f"or --calib DIR")
+            overrides["mixed_precision_bits"] = args.avg_bits
         if pyquant.RECIPES[args.recipe].data is not None:
             if args.num_samples is not None:
                 overrides["num_samples"] = args.num_samples
@@ -412,7 +454,9 @@ def run_quantize(args) -> int:
             print(f"pyquant quantize: {args.model} ({info.weights}), recipe {args.recipe}, W{args.w_bits}A{args.a_bits}"
                   f", input {','.join(map(str, shape))}, device {device}")
         extra = {"model": args.model, "weights": info.weights, "mean": info.mean if args.mean is None else args.mean,
-                 "std": info.std if args.std is None else args.std}
+                 "std": info.std if args.std is None else args.std,
+                 # how the evaluation data were read, so that pyquant eval reads them the same way
+                 "normalization_flags": args.mean is not None or args.std is not None, "eval_limit": args.limit}
         if args.checkpoint:
             extra["checkpoint_sha256"] = file_sha256(args.checkpoint)
         result = quantize_job(model, input_shape=shape, recipe=args.recipe, w_bits=args.w_bits, a_bits=args.a_bits,
@@ -435,31 +479,57 @@ def run_eval(args) -> int:
     import torch
 
     import pyquant
+    from pyquant.quant import serialize
 
     set_threads(args)
+    device = pick_device(args.device)
     manifest_path = os.path.join(args.dir, "manifest.json")
     if not os.path.isfile(manifest_path):
         raise UsageError(f"{args.dir}: no manifest.json (a folder written by `pyquant quantize --out`)")
     with open(manifest_path) as f:
         manifest = json.load(f)
-    if "int8" not in manifest.get("files", {}):
-        raise UsageError(f"{args.dir}: no int8 model saved (it was quantized with --no-int8)")
-    device = pick_device(args.device)
+    files = manifest.get("files", {})
+    if args.checkpoint and not args.fp32:
+        raise UsageError("--checkpoint: it gives the weights of --fp32 MODEL; pass --fp32 too")
     with human_output(args):
-        model = pyquant.int8.load(os.path.join(args.dir, manifest["files"]["int8"])).to(device)
+        models = {}
+        if args.fp32:
+            from pyquant.models import get_model
+
+            models["FP32"] = get_model(args.fp32, args.checkpoint)[0]
+        if "fake_quant" in files:
+            path = os.path.join(args.dir, files["fake_quant"])
+            try:
+                models["fake-quant"] = serialize.load(path)
+            except ValueError as err:  # saved as a state dict only (a graph pyquant cannot store without pickle)
+                print(f"pyquant eval: fake-quant model skipped: {err}", file=sys.stderr)
+        if "int8" in files:
+            models["int8"] = pyquant.int8.load(os.path.join(args.dir, files["int8"]))
+        if not models.keys() - {"FP32"}:
+            raise UsageError(f"{args.dir}: neither a fake-quant nor an int8 model to evaluate")
         shape = tuple(manifest["input_shape"])
+        if args.fp32:
+            check_input_shape(models["FP32"].to(device), shape, device)
         spec = args.eval_data or (manifest.get("eval") or {}).get("data")
         if spec is None:
             raise UsageError("pass --eval DATA (an image folder, an .npz with x and y, or 'digits')")
-        spec, x, y = load_data(spec, shape, manifest.get("mean"), manifest.get("std"), args)
-        t0 = time.perf_counter()
-        top1 = evaluate(model, x, y, device, batch_size=args.batch_size, desc="eval int8", quiet=args.quiet)
-        seconds = time.perf_counter() - t0
-        print(f"int8 {manifest.get('model', '')} W{manifest['w_bits']}A{manifest['a_bits']} ({manifest['recipe']['name']})"
-              f": top-1 {top1:.2f} % on {x.shape[0]} images of {spec} ({seconds:.1f} s)")
+        spec, x, y = load_data(spec, shape, manifest.get("mean"), manifest.get("std"), args,
+                               explicit=bool(manifest.get("normalization_flags")),
+                               limit=manifest.get("eval_limit") if not args.eval_data else None)
+        accuracy, seconds = {}, {}
+        for label, model in models.items():
+            t0 = time.perf_counter()
+            accuracy[label] = evaluate(model.to(device), x, y, device, batch_size=args.batch_size,
+                                       desc=f"eval {label}", quiet=args.quiet)
+            seconds[label] = time.perf_counter() - t0
+        if not args.quiet:
+            print(f"{manifest.get('model', args.dir)} W{manifest['w_bits']}A{manifest['a_bits']} "
+                  f"({manifest['recipe']['name']}) on {x.shape[0]} images of {spec}:")
+        print("  ".join(f"{k} {v:.2f} %" for k, v in accuracy.items()))
     if args.json:
-        print_json({"dir": args.dir, "data": spec, "images": int(x.shape[0]), "int8_top1": top1, "seconds": seconds,
-                    "torch": torch.__version__})
+        print_json({"dir": args.dir, "data": spec, "images": int(x.shape[0]), "accuracy": accuracy,
+                    "int8_top1": accuracy.get("int8"), "seconds": seconds, "device": str(device),
+                    "recorded": manifest.get("accuracy"), "torch": torch.__version__})
     return 0
 
 

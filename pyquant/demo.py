@@ -45,14 +45,17 @@ def add_bench_parser(sub):
                                    "prints the ratio table. Shapes are smaller than bench/'s (seconds, not minutes).")
     b.add_argument("--repeat", type=int, default=10, help="timed calls per case (median reported)")
     b.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--device", default="auto", help="cpu, cuda[:N] or auto: the CPU or the CUDA kernels (auto: cuda "
+                                                    "when the build has CUDA kernels and a GPU is present)")
+    b.add_argument("--json", action="store_true", help="print the rows as JSON on stdout (the table goes to stderr)")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
     b.set_defaults(run=run_bench)
 
 
 def add_info_parser(sub):
     i = sub.add_parser("info", help="version, torch, CUDA kernels and archs, CPU ISA in use, threads")
-    i.add_argument("--json", action="store_true")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    i.add_argument("--quiet", action="store_true", help="one line: version, torch, CUDA kernels, CPU kernels")
     i.set_defaults(run=run_info)
 
 
@@ -198,28 +201,36 @@ def time_call(fn, repeat=20):
     return samples[len(samples) // 2]
 
 
-def time_interleaved(a, b, repeat: int):
+def time_interleaved(a, b, repeat: int, sync=lambda: None):
     """Medians of ``a`` and ``b`` timed alternately (after one warm-up call each), so both see the same machine
-    load: on a shared machine, timing one and then the other skews the ratio."""
+    load: on a shared machine, timing one and then the other skews the ratio. ``sync``: waits for the device
+    (torch.cuda.synchronize: CUDA kernels run asynchronously)."""
     a(), b()
+    sync()
     ta, tb = [], []
     for _ in range(max(1, repeat)):
         for fn, samples in ((a, ta), (b, tb)):
             t0 = time.perf_counter()
             fn()
+            sync()
             samples.append(time.perf_counter() - t0)
     ta.sort(), tb.sort()
     return ta[len(ta) // 2], tb[len(tb) // 2]
 
 
-def bench_cases():
-    """(name, pyquant callable, baseline name, baseline callable) on shapes that take milliseconds."""
+def bench_cases(device: torch.device = torch.device("cpu")):
+    """(name, pyquant callable, baseline name, baseline callable) on shapes that take milliseconds, with the inputs
+    on ``device`` (the same values on every device: drawn on the CPU)."""
     from pyquant import reference
 
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(32, 128, 28, 28, generator=g)
-    scale = torch.rand(128, generator=g) * 0.05 + 0.01
-    zp = torch.randint(0, 255, (128,), dtype=torch.int32, generator=g)
+
+    def on(t):
+        return t.to(device)
+
+    x = on(torch.randn(32, 128, 28, 28, generator=g))
+    scale = on(torch.rand(128, generator=g) * 0.05 + 0.01)
+    zp = on(torch.randint(0, 255, (128,), dtype=torch.int32, generator=g))
     buf = torch.empty_like(x)
     xg = x.clone().requires_grad_()
     cases = [
@@ -231,30 +242,30 @@ def bench_cases():
          "ATen fwd+bwd", lambda: torch.autograd.grad(torch.fake_quantize_per_channel_affine(xg, scale, zp, 1, 0, 255),
                                                      xg, x)),
     ]
-    w = torch.randn(256, 1152, generator=g)
+    w = on(torch.randn(256, 1152, generator=g))
     cases.append(("range_search 256x1152 per-channel K=100", lambda: ops.range_search(w, -127, 127, axis=0),
                   "eager grid search (chunked)", lambda: reference.grid_search_eager_chunked(w, -127, 127, axis=0)))
-    a = torch.randn(64, 64, 16, 16, generator=g).requires_grad_()
-    rm, rv = torch.randn(64, generator=g), torch.rand(64, generator=g) + 0.5
+    a = on(torch.randn(64, 64, 16, 16, generator=g)).requires_grad_()
+    rm, rv = on(torch.randn(64, generator=g)), on(torch.rand(64, generator=g) + 0.5)
     cases.append(("bn_stat_loss fwd+bwd 64x64x16x16", lambda: ops.bn_stat_loss(a, rm, rv, per_sample=True,
                                                                                unbiased=True).backward(),
                   "eager var_mean + autograd", lambda: reference.bn_stat_loss(a, rm, rv, per_sample=True,
                                                                                unbiased=True).backward()))
     m, k, n = 256, 1024, 1024
-    xq = torch.randint(0, 256, (m, k), dtype=torch.uint8, generator=g)
-    wq = torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g)
-    ws = torch.rand(n, generator=g) * 0.01 + 0.001
+    xq = on(torch.randint(0, 256, (m, k), dtype=torch.uint8, generator=g))
+    wq = on(torch.randint(-127, 128, (n, k), dtype=torch.int8, generator=g))
+    ws = on(torch.rand(n, generator=g) * 0.01 + 0.001)
     packed = ops.pack_int8_weight(wq, ws)
-    xf, wf = torch.randn(m, k, generator=g), torch.randn(n, k, generator=g)
+    xf, wf = on(torch.randn(m, k, generator=g)), on(torch.randn(n, k, generator=g))
     xs8, wt = (xq.to(torch.int16) - 128).to(torch.int8), wq.t().contiguous()
     cases.append((f"int8_linear {m}x{k}x{n}", lambda: ops.int8_linear(xq, 0.02, 128, packed),
                   "torch._int_mm (s8 x s8 -> s32)", lambda: torch._int_mm(xs8, wt)))
     cases.append((f"int8_linear {m}x{k}x{n}", lambda: ops.int8_linear(xq, 0.02, 128, packed),
                   "float32 F.linear", lambda: torch.nn.functional.linear(xf, wf)))
-    xc = torch.randint(0, 256, (8, 64, 28, 28), dtype=torch.uint8, generator=g)
-    wc = torch.randint(-127, 128, (64, 64, 3, 3), dtype=torch.int8, generator=g)
-    pc = ops.pack_int8_weight(wc, torch.rand(64, generator=g) * 0.01 + 0.001)
-    xcf, wcf = torch.randn(8, 64, 28, 28, generator=g), torch.randn(64, 64, 3, 3, generator=g)
+    xc = on(torch.randint(0, 256, (8, 64, 28, 28), dtype=torch.uint8, generator=g))
+    wc = on(torch.randint(-127, 128, (64, 64, 3, 3), dtype=torch.int8, generator=g))
+    pc = ops.pack_int8_weight(wc, on(torch.rand(64, generator=g) * 0.01 + 0.001))
+    xcf, wcf = on(torch.randn(8, 64, 28, 28, generator=g)), on(torch.randn(64, 64, 3, 3, generator=g))
     cases.append(("int8_conv2d 3x3 8x64x28x28", lambda: ops.int8_conv2d(xc, 0.02, 128, pc, padding=1),
                   "float32 F.conv2d", lambda: torch.nn.functional.conv2d(xcf, wcf, padding=1)))
     return cases
@@ -263,19 +274,23 @@ def bench_cases():
 def run_bench(args) -> int:
     from tqdm.auto import tqdm
 
-    from pyquant.cli import human_output, print_json, set_threads
+    from pyquant.cli import human_output, pick_device, print_json, set_threads
 
     set_threads(args)
+    device = pick_device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     rows = []
     with human_output(args):
-        for name, ours, base_name, base in tqdm(bench_cases(), desc="bench", unit="case", disable=args.quiet,
+        for name, ours, base_name, base in tqdm(bench_cases(device), desc="bench", unit="case", disable=args.quiet,
                                                 leave=False):
-            t_ours, t_base = time_interleaved(ours, base, args.repeat)
-            rows.append({"case": name, "pyquant_ms": t_ours * 1e3, "baseline": base_name, "baseline_ms": t_base * 1e3,
+            t_ours, t_base = time_interleaved(ours, base, args.repeat, sync)
+            rows.append({"case": name, "device": str(device), "pyquant_ms": t_ours * 1e3, "baseline": base_name, "baseline_ms": t_base * 1e3,
                          "speedup": t_base / t_ours})
         info = __import__("pyquant").build_info()
-        print(f"pyquant kernels vs baselines (median of {args.repeat}, {torch.get_num_threads()} threads, CPU "
-              f"variant {info['cpu_isa']}; ratio = baseline time / pyquant time, > 1 means pyquant is faster)")
+        where = (f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else
+                 f"{torch.get_num_threads()} threads, CPU variant {info['cpu_isa']}")
+        print(f"pyquant kernels vs baselines (median of {args.repeat}, {where}; ratio = baseline time / pyquant "
+              f"time, > 1 means pyquant is faster)")
         print(f"| {'case':<40} | {'pyquant ms':>10} | {'baseline':<36} | {'baseline ms':>11} | {'ratio':>6} |")
         print(f"|{'-' * 42}|{'-' * 11}:|{'-' * 38}|{'-' * 12}:|{'-' * 7}:|")
         for r in rows:
@@ -305,6 +320,10 @@ def run_info(args) -> int:
     info["cache_dir"] = cache_dir()
     if args.json:
         print_json(info)
+        return 0
+    if args.quiet:
+        print(f"pyquant {info['version']} | torch {info['torch_runtime']} | CUDA kernels: "
+              f"{'yes' if info['cuda'] else 'no'} | CPU kernels: {info['cpu_isa']}")
         return 0
     print(f"pyquant      {info['version']}")
     print(f"torch        {info['torch_runtime']} (extension built against {info['torch_built']})")

@@ -324,10 +324,10 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
         with step("absorb_high_bias") as s:
             s.detail = f"{len(dfq.absorb_high_bias(folded, bn_stats))} layers"
     fp_ref = copy.deepcopy(folded)
-    layer_bits = None
+    layer_bits = mixed = None
     if recipe.mixed_precision_bits is not None:
         with step("mixed_precision") as s:
-            layer_bits = _mixed_precision(folded, data, recipe.mixed_precision_bits)
+            layer_bits, mixed = _mixed_precision(folded, data, recipe.mixed_precision_bits, progress)
             s.detail = str(layer_bits)
     wspec = QuantSpec(bits=w_bits, signed=True, symmetric=True, axis=0, estimator=recipe.weight_estimator,
                       estimator_kwargs={"p": recipe.weight_p} if recipe.weight_estimator == "mse" else {})
@@ -389,6 +389,7 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
         report = build_report(qm, fp_ref, probe[:256], recipe=recipe.name, w_bits=w_bits, a_bits=a_bits,
                               convention=convention)
         report.steps = step.log
+        report.mixed_precision = mixed  # what the allocation measured: the report plots its Pareto frontier
     qm.quant_report = report
     qm.recipe = recipe
     qm.bn_stats = bn_stats
@@ -498,7 +499,9 @@ def _squant_weights(qm) -> None:
         m.set_rounded_weight(squant_weight(m.weight.detach(), q.scale, q.zero_point, q.qmin, q.qmax, axis=0))
 
 
-def _mixed_precision(folded, data, avg_bits: float) -> Dict[str, int]:
+def _mixed_precision(folded, data, avg_bits: float, progress: bool = False):
+    """``({layer: bits}, measurement)``: ZeroQ's allocation under ``avg_bits`` and what it was chosen from
+    (QuantReport.mixed_precision: per-layer sensitivity, weight counts, budget)."""
     try:
         from pyquant import mixed
     except ImportError as err:
@@ -506,6 +509,8 @@ def _mixed_precision(folded, data, avg_bits: float) -> Dict[str, int]:
     if data is None:
         raise ValueError("mixed precision needs data (ZeroQ sensitivity): set data=")
     layers = {n: m for n, m in folded.named_modules() if isinstance(m, qgraph.WEIGHT_LAYERS)}
-    sensitivity = mixed.layer_sensitivity(folded, data, bits_options=(2, 4, 8), layers=list(layers), progress=False)
+    sensitivity = mixed.layer_sensitivity(folded, data, bits_options=(2, 4, 8), layers=list(layers), progress=progress)
     sizes = {n: m.weight.numel() for n, m in layers.items()}
-    return mixed.allocate_bits(sensitivity, sizes, avg_bits * sum(sizes.values()))
+    budget = avg_bits * sum(sizes.values())
+    measured = {"avg_bits": avg_bits, "budget_bits": budget, "sensitivity": sensitivity, "sizes": sizes}
+    return mixed.allocate_bits(sensitivity, sizes, budget), measured

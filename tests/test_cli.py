@@ -145,6 +145,19 @@ def test_eval_data_npz_and_image_folder(tmp_path):
 
 # --------------------------------------------------------------------------------------------------------- quantize
 
+@pytest.fixture(scope="module")
+def quantized_dir(tmp_path_factory):
+    """A folder written by `pyquant quantize --out` (data-free dfq: no synthesis, a second)."""
+    out = str(tmp_path_factory.mktemp("quantized"))
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["quantize", "digits-cnn", "--recipe", "dfq", "--out", out, "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
 def test_quantize_digits_writes_models_manifest_report_and_eval_agrees(tmp_path, capsys):
     out = tmp_path / "q"
     rc, stdout, _ = run_cli(capsys, "quantize", "digits-cnn", "--recipe", "best", "--w-bits", "4", "--a-bits", "4",
@@ -162,12 +175,14 @@ def test_quantize_digits_writes_models_manifest_report_and_eval_agrees(tmp_path,
     acc = res["accuracy"]
     assert set(acc) == {"FP32", "fake-quant", "int8"} and acc["FP32"] > 95
     assert abs(acc["int8"] - acc["fake-quant"]) <= 1.0  # 450 images: at most a few flips
-    # the saved int8 model reproduces the recorded accuracy exactly
-    rc, stdout, _ = run_cli(capsys, "eval", str(out), "--json", "--quiet")
-    assert rc == 0 and json.loads(stdout)["int8_top1"] == acc["int8"]
-    # fake-quant weights saved are the quantized ones
+    # the saved fake-quant and int8 models, reloaded, reproduce the recorded accuracies exactly (same data, same
+    # batches: the same floats), and the FP32 model named beside them its accuracy
+    rc, stdout, _ = run_cli(capsys, "eval", str(out), "--fp32", "digits-cnn", "--json", "--quiet")
+    ev = json.loads(stdout)
+    assert rc == 0 and ev["accuracy"] == acc and ev["images"] == 450
+    # fake_quant.safetensors holds the state dict under its own names (weights, quantizer scales) and the graph
     state = load_file(str(out / "fake_quant.safetensors"))
-    assert any(k.endswith("weight") for k in state)
+    assert "conv1.weight" in state and "conv1.weight_quantizer.scale" in state
     report = (out / "report.md").read_text()
     assert "| `conv1` | QuantConv2d | 4 | 4 |" in report and "## Wall time per step" in report
 
@@ -196,6 +211,11 @@ def test_quantize_own_model_from_function_and_checkpoint(tmp_path, capsys, monke
     assert res["input_shape"] == [3, 12, 12] and res["eval"]["images"] == 20
     manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
     assert manifest["checkpoint_sha256"] and manifest["mean"] == [0.5] and manifest["recipe"]["name"] == "dfq"
+    # eval reads the .npz with the normalisation quantize was given, so it reproduces every accuracy exactly
+    rc, stdout, _ = run_cli(capsys, "eval", str(tmp_path / "o"), "--fp32", "zoo:net", "--checkpoint",
+                            str(tmp_path / "ck.pt"), "--json", "--quiet")
+    assert rc == 0 and json.loads(stdout)["accuracy"] == res["accuracy"]
+    assert set(res["accuracy"]) == {"FP32", "fake-quant", "int8"}
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -209,14 +229,105 @@ def test_quantize_own_model_from_function_and_checkpoint(tmp_path, capsys, monke
     (["quantize", "resnet20", "--checkpoint", "CKPT"], "does not match ResNetCifar"),
     (["quantize", "digits-cnn", "--out", "/proc/pyquant-out"], "is not writable"),
     (["eval", "/no/such/dir"], "no manifest.json"),
+    (["quantize", "digits-cnn", "--avg-bits", "9"], "average bits must be a number in 2..8"),
+    (["quantize", "digits-cnn", "--recipe", "dfq", "--avg-bits", "4"], "--avg-bits: the allocation measures"),
+    (["quantize", "digits-cnn", "--device", "tpu"], "--device 'tpu'"),
+    (["eval", "QDIR", "--fp32", "no-such-model"], "unknown model 'no-such-model'"),
+    (["eval", "QDIR", "--fp32", "digits-cnn", "--checkpoint", "/no/such/file.pt"], "checkpoint not found"),
+    (["eval", "QDIR", "--fp32", "resnet20", "--checkpoint", "CKPT"], "does not match ResNetCifar"),
+    (["eval", "QDIR", "--eval", "/no/such/data.npz"], "no such file or folder"),
+    (["eval", "QDIR", "--checkpoint", "CKPT"], "pass --fp32 too"),
+    (["distill", "--model", "vgg", "--out", "OUT"], "unknown --model 'vgg'"),
 ])
-def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message):
+def test_bad_input_is_one_line_and_exit_code_2(tmp_path, capsys, argv, message, quantized_dir):
     torch.save(DigitsCNN().state_dict(), tmp_path / "digits.pt")
-    argv = [str(tmp_path / "digits.pt") if a == "CKPT" else a for a in argv]
+    paths = {"CKPT": str(tmp_path / "digits.pt"), "QDIR": quantized_dir, "OUT": str(tmp_path / "out")}
+    argv = [paths.get(a, a) for a in argv]
     rc, _, err = run_cli(capsys, *argv)
     assert rc == 2
     assert message in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1 and err.startswith("pyquant")
+
+
+def test_mixed_precision_report_has_the_pareto_frontier(tmp_path, capsys):
+    from pyquant.mixed import pareto_frontier
+
+    out = tmp_path / "mp"
+    rc, stdout, _ = run_cli(capsys, "quantize", "digits-cnn", "--recipe", "zeroq", "--avg-bits", "5", "--out",
+                            str(out), "--json", *TINY)
+    assert rc == 0
+    res = json.loads(stdout)
+    mixed = res["mixed_precision"]
+    sizes = mixed["sizes"]
+    bits = {layer["name"]: layer["weight_bits"] for layer in res["layers"]}
+    # the allocation stays within the budget and uses more than one width
+    assert sum(sizes[n] * bits[n] for n in sizes) <= 5 * sum(sizes.values()) and len(set(bits.values())) > 1
+    assert (out / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    report = (out / "report.md").read_text()
+    assert "## Mixed precision" in report and "![Pareto frontier](frontier.png)" in report
+    for name, per_bits in mixed["sensitivity"].items():  # per-layer sensitivity table: every layer, its bits
+        assert f"| `{name}` | {sizes[name]} | " in report and report.count(f"`{name}`") >= 2
+    # the tabulated frontier is the exact Pareto frontier of the recorded sensitivities (JSON keys are strings)
+    sens = {n: {int(b): v for b, v in per_bits.items()} for n, per_bits in mixed["sensitivity"].items()}
+    frontier = pareto_frontier(sens, sizes)
+    recorded = json.loads((out / "report.json").read_text())["mixed_precision"]["frontier"]
+    assert [(p["size_bits"], p["sensitivity"]) for p in recorded] == [(p[0], p[1]) for p in frontier]
+    assert f"| {frontier[-1][0] / 8 / 1024:.2f} | " in report
+    # the point the model uses lies on the frontier: nothing smaller is less sensitive
+    used = sum(sens[n][bits[n]] for n in sizes)
+    size = sum(sizes[n] * bits[n] for n in sizes)
+    assert all(not (p[0] <= size and p[1] < used - 1e-12) for p in frontier)
+
+
+def test_device_cuda(tmp_path, capsys, quantized_dir):
+    from pyquant.cli import pick_device
+
+    if pyquant.build_info().get("cuda") and torch.cuda.is_available():
+        assert pick_device("auto").type == "cuda"  # picked by default with CUDA kernels and a GPU
+        rc, stdout, _ = run_cli(capsys, "eval", quantized_dir, "--device", "cuda", "--json", "--quiet")
+        rc_cpu, stdout_cpu, _ = run_cli(capsys, "eval", quantized_dir, "--device", "cpu", "--json", "--quiet")
+        assert rc == rc_cpu == 0
+        gpu, cpu = json.loads(stdout)["accuracy"], json.loads(stdout_cpu)["accuracy"]
+        # the int8 model moved to the GPU (packed again for the CUDA kernels) and the fake-quant one agree with the
+        # CPU within two of the 450 images (float convolutions sum in another order there)
+        assert gpu.keys() == cpu.keys() and all(abs(gpu[k] - cpu[k]) <= 200 / 450 + 1e-9 for k in gpu)
+        return
+    # no CUDA kernels or no GPU here: auto is the CPU, and asking for cuda is bad input on every subcommand
+    assert pick_device("auto").type == "cpu"
+    for argv in (["quantize", "digits-cnn"], ["eval", quantized_dir], ["demo", "--out", str(tmp_path / "d")],
+                 ["bench"], ["distill", "--out", str(tmp_path / "s")]):
+        rc, stdout, err = run_cli(capsys, *argv, "--device", "cuda")
+        assert rc == 2 and stdout == "", argv
+        assert len(err.strip().splitlines()) == 1 and "--device cuda:" in err and "Traceback" not in err, argv
+
+
+def test_every_subcommand_takes_quiet_and_json(tmp_path, capsys, quantized_dir):
+    from pyquant.cli import SUBCOMMANDS, build_parser
+
+    parser = build_parser()
+    for name, _ in SUBCOMMANDS:
+        extra = {"quantize": ["digits-cnn"], "eval": [quantized_dir], "distill": ["--out", "x"]}.get(name, [])
+        args = parser.parse_args([name, *extra, "--quiet", "--json"])
+        assert args.quiet and args.json, name
+    rc, stdout, err = run_cli(capsys, "eval", quantized_dir, "--quiet", "--json")
+    assert rc == 0 and set(json.loads(stdout)["accuracy"]) == {"fake-quant", "int8"} and err == ""
+    rc, stdout, _ = run_cli(capsys, "info", "--quiet")
+    assert rc == 0 and len(stdout.strip().splitlines()) == 1 and pyquant.__version__ in stdout
+    # distill --json: stdout holds only the final JSON line, shard lines go to stderr
+    ckpt = tmp_path / "r8.safetensors"
+    save_file(pyquant.models.resnet_cifar(8).state_dict(), str(ckpt))
+    rc, stdout, err = run_cli(capsys, "distill", "--model", "resnet8", "--checkpoint", str(ckpt), "--num-samples",
+                              "2", "--shard-size", "2", "--batch-size", "2", "--iterations", "2", "--input-shape",
+                              "3", "8", "8", "--out", str(tmp_path / "s"), "--json", "--quiet")
+    assert rc == 0 and json.loads(stdout)["num_samples"] == 2
+
+
+def test_subprocess_quantize_quiet_prints_nothing_else(tmp_path):
+    # no warnings (ours or a library's) and no progress: stdout is the JSON, stderr is empty
+    p = subprocess_cli("quantize", "digits-cnn", "--w-bits", "4", "--a-bits", "4", "--num-samples", "8",
+                       "--iterations", "3", "--out", str(tmp_path / "q"), "--onnx", "--json", "--quiet")
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert json.loads(p.stdout)["accuracy"]["FP32"] > 95
 
 
 def test_subprocess_bad_checkpoint_and_info_json(tmp_path):

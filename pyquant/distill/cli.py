@@ -32,6 +32,9 @@ def add_parser(sub):
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--threads", type=int, default=0, help="torch threads per process (0: torch's default)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress (as --no-progress)")
+    p.add_argument("--json", action="store_true", help="stdout holds only the final JSON line (progress and shard "
+                                                      "lines go to stderr)")
     p.set_defaults(run=run)
 
 
@@ -45,15 +48,19 @@ def _checkpoint_for(model_name: str, checkpoint: str):
         for f in sorted(os.listdir(data)):
             if f.startswith(model_name + "-") and f.endswith(".th"):
                 return os.path.join(data, f)
-    raise SystemExit(f"pyquant distill: no checkpoint found for {model_name}; pass --checkpoint PATH "
-                     "(or set PYQUANT_DATA to the shared data folder)")
+    from pyquant.cli import UsageError
+
+    raise UsageError(f"no checkpoint found for {model_name}; pass --checkpoint PATH (or set PYQUANT_DATA to the "
+                     f"shared data folder)")
 
 
 def load_model(model_name: str, checkpoint: str, num_classes: int):
     from pyquant.models import resnet_cifar
 
     if not model_name.startswith("resnet") or not model_name[6:].isdigit():
-        raise SystemExit(f"pyquant distill: unknown --model {model_name!r} (use resnetDEPTH, e.g. resnet20)")
+        from pyquant.cli import UsageError
+
+        raise UsageError(f"unknown --model {model_name!r} (use resnetDEPTH, e.g. resnet20)")
     model = resnet_cifar(int(model_name[6:]), num_classes=num_classes)
     path = _checkpoint_for(model_name, checkpoint)
     if path.endswith(".safetensors"):
@@ -69,16 +76,16 @@ def load_model(model_name: str, checkpoint: str, num_classes: int):
 
 def run(args) -> int:
     import pyquant
+    from pyquant.cli import human_output, pick_device
     from pyquant.distill.shards import generate_shards, write_manifest
 
     if args.threads:
         torch.set_num_threads(args.threads)
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
-    if args.device == "auto":
-        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = pick_device(args.device)
+    if device.type == "cuda" and device.index is None:  # under torchrun: each rank on its own GPU
+        device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}")
     dist = None
     if world_size > 1:
         import torch.distributed as dist
@@ -92,8 +99,9 @@ def run(args) -> int:
                   shard_size=args.shard_size, batch_size=args.batch_size, iterations=args.iterations,
                   seed=args.seed)
     try:
-        generate_shards(model, args.out, rank=rank, world_size=world_size, extra_config=config_extra,
-                        progress=not args.no_progress, **common)
+        with human_output(args):
+            generate_shards(model, args.out, rank=rank, world_size=world_size, extra_config=config_extra,
+                            progress=not (args.no_progress or args.quiet), **common)
         if dist is not None:
             dist.barrier()
         if rank == 0:

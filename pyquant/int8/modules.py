@@ -157,6 +157,14 @@ class _WeightLayer(_Int8Module):
         if out_grid is None and relu6:
             raise ValueError(f"{type(self).__name__}: a fused ReLU6 needs an output grid")
 
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device) / .cuda() / .cpu() move the buffers; the packed weight is a plain attribute and its layout is
+        # the device's (CPU panels vs the CUDA kernels'), so it is packed again from the moved w_q (deterministic)
+        super()._apply(fn, *args, **kwargs)
+        if self.packed.data.device != self.w_q.device:
+            self.packed = ops.pack_int8_weight(self.w_q, self.w_scale, groups=self.packed.groups)
+        return self
+
     def _epilogue_args(self):
         og = self.out_grid
         return dict(bias=self.bias, out_scale=None if og is None else og.scale,

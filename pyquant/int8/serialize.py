@@ -104,27 +104,58 @@ def _module_entry(name: str, m: nn.Module, tensors: Dict[str, torch.Tensor]) -> 
                      f"torch.nn module")
 
 
+def encode_graph(model: fx.GraphModule, module_entry) -> list:
+    """The nodes of ``model.graph`` as JSON-able entries; ``module_entry(target)`` is called once per
+    ``call_module`` target (pyquant.quant.serialize stores fake-quant graphs the same way)."""
+    seen, nodes = set(), []
+    for node in model.graph.nodes:
+        entry = {"name": node.name, "op": node.op, "args": _encode(node.args), "kwargs": _encode(dict(node.kwargs))}
+        if node.op == "call_function":
+            entry["target"] = _function_name(node.target)
+        elif node.op in ("call_module", "call_method", "placeholder", "get_attr"):
+            entry["target"] = node.target
+            if node.op == "call_module" and node.target not in seen:
+                seen.add(node.target)
+                module_entry(node.target)
+        elif node.op == "output":
+            entry["target"] = "output"
+        else:
+            raise ValueError(f"save: node '{node.name}' ({node.op}) cannot be stored")
+        nodes.append(entry)
+    return nodes
+
+
+def decode_graph(entries: list, ops=("placeholder", "call_module", "call_method", "call_function")) -> fx.Graph:
+    """The fx.Graph of :func:`encode_graph`'s ``entries``; node kinds outside ``ops`` are refused."""
+    graph = fx.Graph()
+    nodes: Dict[str, fx.Node] = {}
+    for e in entries:
+        args, kwargs = _decode(e["args"], nodes), _decode(e["kwargs"], nodes)
+        if e["op"] == "output":
+            graph.output(args[0])
+            continue
+        if e["op"] not in ops:
+            raise ValueError(f"load: bad node kind {e['op']!r}")
+        target = _resolve_function(e["target"]) if e["op"] == "call_function" else e["target"]
+        nodes[e["name"]] = graph.create_node(e["op"], target, tuple(args), kwargs, name=e["name"])
+    return graph
+
+
 def save(model: fx.GraphModule, path: str) -> None:
     """Writes ``model`` (from :func:`pyquant.int8.convert`) to ``path`` (safetensors with a JSON manifest)."""
     from safetensors.torch import save_file
 
     if not isinstance(model, fx.GraphModule):
         raise TypeError(f"save: model must be the GraphModule from pyquant.int8.convert, got {type(model).__name__}")
+    if any(n.op == "get_attr" for n in model.graph.nodes):
+        raise ValueError("save: the int8 graph has get_attr nodes, which cannot be stored")
     tensors: Dict[str, torch.Tensor] = {}
-    modules, nodes = {}, []
-    for node in model.graph.nodes:
-        entry = {"name": node.name, "op": node.op, "args": _encode(node.args), "kwargs": _encode(dict(node.kwargs))}
-        if node.op == "call_function":
-            entry["target"] = _function_name(node.target)
-        elif node.op in ("call_module", "call_method", "placeholder"):
-            entry["target"] = node.target
-            if node.op == "call_module" and node.target not in modules:
-                modules[node.target] = _module_entry(node.target, model.get_submodule(node.target), tensors)
-        elif node.op == "output":
-            entry["target"] = "output"
-        else:
-            raise ValueError(f"save: node '{node.name}' ({node.op}) cannot be stored")
-        nodes.append(entry)
+    modules = {}
+
+    def module_entry(target):
+        modules[target] = _module_entry(target, model.get_submodule(target), tensors)
+
+    nodes = encode_graph(model, module_entry)
     manifest = {"format": FORMAT, "version": VERSION, "modules": modules, "nodes": nodes,
                 "quantizer_nodes": dict(getattr(model, "quantizer_nodes", {}))}
     save_file(tensors, path, metadata={"pyquant.int8": json.dumps(manifest)})
@@ -160,18 +191,6 @@ def load(path: str) -> fx.GraphModule:
             for k, v in e["attrs"].items():
                 setattr(m, k, _decode(v, {}))
         root.add_module(name, m)
-    graph = fx.Graph()
-    nodes: Dict[str, fx.Node] = {}
-    for e in manifest["nodes"]:
-        args, kwargs = _decode(e["args"], nodes), _decode(e["kwargs"], nodes)
-        if e["op"] == "output":
-            graph.output(args[0])
-            continue
-        target = _resolve_function(e["target"]) if e["op"] == "call_function" else e["target"]
-        if e["op"] not in ("placeholder", "call_module", "call_method", "call_function"):
-            raise ValueError(f"load: bad node kind {e['op']!r}")
-        n = graph.create_node(e["op"], target, tuple(args), kwargs, name=e["name"])
-        nodes[e["name"]] = n
-    out = fx.GraphModule(root, graph, "Int8Model")
+    out = fx.GraphModule(root, decode_graph(manifest["nodes"]), "Int8Model")
     out.quantizer_nodes = dict(manifest.get("quantizer_nodes", {}))
     return out.eval()

@@ -51,6 +51,9 @@ class QuantReport:
     activations: Dict[str, dict] = field(default_factory=dict)
     steps: List[dict] = field(default_factory=list)
     selection: Optional[object] = None  # pyquant.selection.Selection when the recipe chose among candidates
+    # when mixed precision ran: {"avg_bits", "budget_bits", "sensitivity": {layer: {bits: Omega}},
+    # "sizes": {layer: weight count}} (pyquant.recipes._mixed_precision)
+    mixed_precision: Optional[dict] = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,8 +63,10 @@ class QuantReport:
               mixed_precision: Optional[Mapping] = None) -> str:
         """Writes ``report.md``, ``report.json`` and ``layers.png`` (per-layer SQNR, bits and ranges) into
         ``directory`` (created), plus ``accuracy.png`` when ``accuracy`` is given ({"FP32": 91.2, "fake-quant": ...,
-        top-1 in percent}) and ``frontier.png`` when ``mixed_precision`` ({"sensitivity": {layer: {bits: value}},
-        "sizes": {layer: weight count}}, as for :func:`pyquant.mixed.pareto_frontier`) is given.
+        top-1 in percent}), and when mixed precision ran (``self.mixed_precision``, set by pyquant.quantize) or
+        ``mixed_precision`` ({"sensitivity": {layer: {bits: value}}, "sizes": {layer: weight count}}, as for
+        :func:`pyquant.mixed.pareto_frontier`) is given: ``frontier.png`` and tables of the per-layer sensitivity
+        and the Pareto frontier.
         ``extra_steps``: wall times of steps outside pyquant.quantize ({"step", "seconds", "detail"}), listed after
         its own. Returns the path of ``report.md``."""
         return write_report(self, directory, accuracy=accuracy, title=title, notes=notes, extra_steps=extra_steps,
@@ -179,6 +184,55 @@ def _plot_accuracy(accuracy: Mapping[str, float], path: str, title: str) -> None
     plt.close(fig)
 
 
+FRONTIER_TABLE_ROWS = 16  # the frontier of a deep network has hundreds of points: the table shows a spread
+
+
+def _mixed_precision_section(report: QuantReport, mixed: Mapping, directory: str):
+    """Markdown (per-layer sensitivity, the Pareto frontier as a table and ``frontier.png``) and the frontier as
+    ``[{"size_bits", "avg_bits", "sensitivity"}]`` for report.json."""
+    from pyquant.mixed import pareto_frontier
+    from pyquant.mixed.plot import plot_frontier
+
+    sensitivity, sizes = mixed["sensitivity"], mixed["sizes"]
+    frontier = pareto_frontier(sensitivity, sizes)
+    n_weights = sum(sizes.values())
+    used = {r.name: r.weight_bits for r in report.layers if r.name in sizes}
+    # first_last_bits may override the allocation with a width that was not measured: no point to mark then
+    measured = all(b in sensitivity[n] for n, b in used.items()) and len(used) == len(sizes)
+    size = sum(sizes[n] * b for n, b in used.items())
+    total = sum(sensitivity[n][b] for n, b in used.items()) if measured else None
+    marks = {"used": (size, total, used)} if measured else None
+    plot_frontier(frontier, os.path.join(directory, "frontier.png"), chosen=marks,
+                  title=f"{report.recipe}: mixed-precision Pareto frontier")
+    options = sorted({b for s in sensitivity.values() for b in s})
+    md = ["## Mixed precision", "",
+          f"ZeroQ's allocation: average weight bits at most {float(mixed.get('avg_bits', size / n_weights)):g}; "
+          f"{len(frontier)} Pareto-optimal allocations of {len(sizes)} layers. The model uses "
+          f"{size / n_weights:.3f} bits per weight ({size / 8 / 1024:.1f} KiB)"
+          + (f", total sensitivity {total:.4g}." if measured else
+             " (some layers at a width the allocation did not measure, e.g. first_last_bits)."), "",
+          "Per-layer sensitivity Omega_i(k): KL divergence of the outputs with only this layer's weights at k bit "
+          "(ZeroQ eq. 4).", "",
+          "| layer | weights | " + " | ".join(f"Omega({b} bit)" for b in options) + " | bits used |",
+          "|---|---:|" + "---:|" * len(options) + "---:|"]
+    for name in sizes:
+        md.append(f"| `{name}` | {sizes[name]} | " + " | ".join(_fmt_g(sensitivity[name].get(b)) for b in options)
+                  + f" | {used.get(name, '-')} |")
+    step = max(1, -(-len(frontier) // FRONTIER_TABLE_ROWS))
+    shown = sorted(set(range(0, len(frontier), step)) | {len(frontier) - 1})
+    md += ["", f"Pareto frontier ({len(shown)} of {len(frontier)} points):", "",
+           "| weight size (KiB) | bits per weight | total sensitivity |", "|---:|---:|---:|"]
+    md += [f"| {frontier[i][0] / 8 / 1024:.2f} | {frontier[i][0] / n_weights:.3f} | {_fmt_g(frontier[i][1])} |"
+           for i in shown]
+    md += ["", "![Pareto frontier](frontier.png)", ""]
+    rows = [{"size_bits": p[0], "avg_bits": p[0] / n_weights, "sensitivity": p[1]} for p in frontier]
+    return md, rows
+
+
+def _fmt_g(v) -> str:
+    return "-" if v is None else f"{float(v):.4g}"
+
+
 def write_report(report: QuantReport, directory: str, *, accuracy: Optional[Mapping[str, float]] = None,
                  title: Optional[str] = None, notes: Optional[List[str]] = None,
                  extra_steps: Optional[List[dict]] = None, mixed_precision: Optional[Mapping] = None) -> str:
@@ -211,19 +265,11 @@ def write_report(report: QuantReport, directory: str, *, accuracy: Optional[Mapp
         md += [f"| `{n}` | {a.get('site') or '-'} | {a['bits']} | [{a['range'][0]:.4g}, {a['range'][1]:.4g}] |"
                for n, a in report.activations.items()]
         md.append("")
-    mixed = mixed_precision or getattr(report, "mixed_precision", None)
+    mixed = mixed_precision or report.mixed_precision
+    frontier_rows = None
     if mixed:
-        from pyquant.mixed import pareto_frontier
-        from pyquant.mixed.plot import plot_frontier
-
-        frontier = pareto_frontier(mixed["sensitivity"], mixed["sizes"])
-        chosen_bits = {r.name: r.weight_bits for r in report.layers if r.name in mixed["sizes"]}
-        size = sum(mixed["sizes"][n] * b for n, b in chosen_bits.items())
-        total = sum(mixed["sensitivity"][n][b] for n, b in chosen_bits.items())
-        plot_frontier(frontier, os.path.join(directory, "frontier.png"), chosen={"chosen": (size, total, chosen_bits)})
-        md += ["## Mixed precision", "", f"{len(frontier)} Pareto-optimal bit allocations; the chosen one has "
-               f"{size / 8 / 1024:.1f} KiB of weights, total sensitivity {total:.4g}.", "",
-               "![Pareto frontier](frontier.png)", ""]
+        section, frontier_rows = _mixed_precision_section(report, mixed, directory)
+        md += section
     steps = list(report.steps) + list(extra_steps or [])
     if steps:
         md += ["## Wall time per step", "", "| step | seconds | detail |", "|---|---:|---|"]
@@ -236,6 +282,8 @@ def write_report(report: QuantReport, directory: str, *, accuracy: Optional[Mapp
     data["steps"] = steps
     if accuracy:
         data["accuracy"] = dict(accuracy)
+    if frontier_rows is not None:
+        data["mixed_precision"] = {**{k: v for k, v in mixed.items()}, "frontier": frontier_rows}
     with open(os.path.join(directory, "report.json"), "w") as f:
         json.dump(data, f, indent=1, default=float)
     return path
