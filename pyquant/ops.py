@@ -340,7 +340,8 @@ def histogram_range(
 ):
     """Like :func:`histogram`, returning ``(counts, lo, hi)`` with the range used (float32, one value
     per channel). With ``lo``/``hi`` left ``None`` the op takes each channel's min and max (widened to
-    ``[v - 1, v + 1]`` for a constant channel, as ``torch.histc``)."""
+    ``[v - 1, v + 1]`` for a constant channel, as ``torch.histc``; by ``max(1, |v| 2^-23)`` within the
+    finite floats from ``|v| >= 2^23`` on, where ``v +- 1`` rounds back to ``v``)."""
     _require_tensor("x", x)
     _check_int("bins", bins)
     _check_axis(axis)
@@ -363,7 +364,9 @@ def histogram(
 
     Bin of x: ``clamp(int((x - lo) * bins / (hi - lo)), 0, bins - 1)`` in float32, the expression
     ``torch.histc`` uses, so counts equal ``torch.histc`` per channel for values inside the range;
-    values outside go to the edge bins. ``lo``/``hi``: numbers or tensors with 1 or C values (or both
+    values outside go to the edge bins. Where that expression could overflow (``hi - lo`` or
+    ``(hi - lo) * bins`` beyond float32, or a subnormal ``hi - lo``) it is evaluated in float64 instead
+    (torch.histc itself returns garbage there). ``lo``/``hi``: numbers or tensors with 1 or C values (or both
     ``None``: the data's min/max). ``counts``: running counts to add to (accumulation across batches);
     a new tensor is returned. Raises ``ValueError`` for empty input and NaN/Inf in ``x``.
     """
