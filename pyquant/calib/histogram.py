@@ -310,7 +310,8 @@ class EntropyEstimator(_HistogramEstimator):
     the clip is the right edge of the last kept bin i that minimises KL(P || Q) (see
     :func:`kl_divergences`; ties go to the larger clip). Per tensor or per channel; candidates from
     ``start`` (default 2^(b-1), 128 for 8 bits signed or unsigned, as pytorch-quantization's
-    ``start_bin``) to ``bins``. A channel of zeros gets scale 1, zero-point 0. The whole search is tensor ops on the histogram.
+    ``start_bin``) to ``bins``; the clip is at most the largest value seen. A channel of zeros gets
+    scale 1, zero-point 0. The whole search is tensor ops on the histogram.
     ``flatten_zero_bin`` (default, as NVIDIA's pytorch-quantization) replaces the count of the first
     bin by the second's before the search, so a spike of zeros does not dictate the clip."""
 
@@ -341,7 +342,9 @@ class EntropyEstimator(_HistogramEstimator):
         n = kl.shape[-1]
         best = n - 1 - kl.flip(-1).argmin(-1)
         clip = ((best + start).double() * self.collector.width).float()
-        return torch.where(self._observed_extent(qmin) > 0, clip, 0.0)
+        # A clip past the largest value seen only wastes levels (after range growth, empty bins up to
+        # 2x the max tie with it); a channel of zeros gets 0 (scale 1, zero-point 0).
+        return torch.minimum(clip, self._observed_extent(qmin))
 
     def qparams(self, qmin: int, qmax: int):
         check_grid(qmin, qmax, "EntropyEstimator")
