@@ -147,6 +147,32 @@ def test_fake_quant_rejects_scales_whose_levels_overflow():
     assert torch.isfinite(y).all() and float(y[0]) == float(torch.tensor(top) * 127)
 
 
+@pytest.mark.parametrize("scale", [SUBNORMAL, FLT_MAX / 100, float("nan"), -1.0])
+def test_checked_mode_validates_the_parameters_where_they_live(monkeypatch, scale):
+    # PYQUANT_CHECK=1 runs the device-side check (tensor ops, the path CUDA tensors take) before the host check:
+    # its message carries the mode's name, so these cases prove it ran and rejected what the host would
+    monkeypatch.setenv("PYQUANT_CHECK", "1")
+    assert ops.checked_mode()
+    x = torch.zeros(4, 3)
+    for name, call in _fake_quant_variants(x, scale):
+        with pytest.raises(ValueError, match=r"scale.*PYQUANT_CHECK"):
+            call()
+    with pytest.raises(ValueError, match=r"zero_point.*PYQUANT_CHECK"):
+        ops.fake_quant(x, torch.tensor([0.1]), torch.tensor([200], dtype=torch.int32), -128, 127)
+    with pytest.raises(ValueError, match=r"alpha.*PYQUANT_CHECK"):
+        ops.fake_quant_pact(x, torch.tensor([1e-37]), 8)
+
+
+def test_checked_mode_leaves_good_parameters_bit_identical(monkeypatch):
+    x = torch.randn(64, 8) * 3
+    s, z = torch.rand(8) * 0.1 + 0.01, torch.randint(-20, 20, (8,), dtype=torch.int32)
+    plain = ops.fake_quant(x, s, z, -128, 127, axis=1)
+    monkeypatch.setenv("PYQUANT_CHECK", "1")
+    assert torch.equal(ops.fake_quant(x, s, z, -128, 127, axis=1), plain)
+    assert torch.equal(ops.fake_quant(x, s, z, -128, 127, axis=1),
+                       torch.fake_quantize_per_channel_affine(x, s, z, 1, -128, 127))
+
+
 def _estimators():
     return [
         calib.MinMaxEstimator(), calib.MinMaxEstimator(symmetric=True), calib.MinMaxEstimator(axis=0),
