@@ -15,6 +15,7 @@ zero-point is added before rounding, as ATen does for float zero-points. NaN in 
 from __future__ import annotations
 
 import math
+import os
 from numbers import Number
 from typing import NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -25,6 +26,7 @@ from pyquant import _extension  # noqa: F401  (loads the kernels)
 
 __all__ = [
     "bn_stat_loss",
+    "checked_mode",
     "fake_quant",
     "fake_quant_lsq",
     "fake_quant_pact",
@@ -77,6 +79,35 @@ def _affine_args(x, scale, zero_point, qmin, qmax, axis, zero_point_dtype):
     return _as_param(scale, x, "scale", torch.float32), _as_param(zero_point, x, "zero_point", zero_point_dtype)
 
 
+def checked_mode() -> bool:
+    """True when ``PYQUANT_CHECK=1``: the fake-quant wrappers validate scale / zero-point / alpha values
+    with tensor ops on their device and raise ``ValueError`` (one device synchronisation per call).
+    Without it, CPU calls are validated on the host anyway; CUDA kernels read no parameter on the host
+    and poison a channel with a bad parameter to NaN (quant_math.h make_affine_params)."""
+    return os.environ.get("PYQUANT_CHECK", "") not in ("", "0")
+
+
+def _check_params_on_device(op: str, name: str, scale: Tensor, zero_point: Optional[Tensor], qmin: int, qmax: int,
+                            steps: int) -> None:
+    """Checked mode: the rules of quant_math.h scale_is_usable / host_params, evaluated where the
+    tensors live. ``steps``: the number of scale steps the largest dequantized level spans
+    (qmax - qmin; PACT's alpha spans 1)."""
+    s = scale.detach().float()
+    ok = torch.isfinite(s) & (s > 0) & torch.isfinite(1.0 / s) & torch.isfinite(s * float(steps))
+    if not bool(ok.all()):
+        bad = int((~ok).reshape(-1).nonzero()[0])
+        raise ValueError(f"{op}: {name} must be finite and > 0 with a finite reciprocal and finite levels "
+                         f"(PYQUANT_CHECK), got {float(s.reshape(-1)[bad])} at index {bad}")
+    if zero_point is not None:
+        z = zero_point.detach()
+        z = torch.round(z.float()) if z.is_floating_point() else z
+        zok = (z >= qmin) & (z <= qmax)
+        if zero_point.is_floating_point():
+            zok = zok & torch.isfinite(zero_point.detach())
+        if not bool(zok.all()):
+            raise ValueError(f"{op}: zero_point must lie in [quant_min, quant_max] = [{qmin}, {qmax}] (PYQUANT_CHECK)")
+
+
 def _mask_nbytes(numel):
     return ((numel + 63) // 64) * 8
 
@@ -102,6 +133,8 @@ def fake_quant(
     into an existing buffer without autograd (``out`` may be ``x`` itself).
     """
     scale, zero_point = _affine_args(x, scale, zero_point, qmin, qmax, axis, zero_point_dtype=torch.int32)
+    if checked_mode():
+        _check_params_on_device("fake_quant", "scale", scale, zero_point, qmin, qmax, qmax - qmin)
     if out is not None:
         _require_tensor("out", out)
         if torch.is_grad_enabled() and (x.requires_grad or out.requires_grad):
@@ -193,6 +226,8 @@ def fake_quant_lsq(
     Parameter gradients are reduced per channel inside the kernel.
     """
     scale, zero_point = _affine_args(x, scale, zero_point, qmin, qmax, axis, zero_point_dtype=torch.float32)
+    if checked_mode():
+        _check_params_on_device("fake_quant_lsq", "scale", scale, zero_point, qmin, qmax, qmax - qmin)
     return torch.ops.pyquant.fake_quant_lsq(x, scale, zero_point, qmin, qmax, axis, float(grad_factor))
 
 
@@ -244,6 +279,8 @@ def fake_quant_pact(x: Tensor, alpha: TensorOrNumber, bits: int, axis: Optional[
     _check_int("bits", bits)
     _check_axis(axis)
     alpha = _as_param(alpha, x, "alpha", torch.float32)
+    if checked_mode() and isinstance(bits, int) and 1 <= bits <= 16:
+        _check_params_on_device("fake_quant_pact", "alpha", alpha / float(2**bits - 1), None, 0, 2**bits - 1, 2**bits - 1)
     return torch.ops.pyquant.fake_quant_pact(x, alpha, bits, axis)
 
 
@@ -340,7 +377,8 @@ def histogram_range(
 ):
     """Like :func:`histogram`, returning ``(counts, lo, hi)`` with the range used (float32, one value
     per channel). With ``lo``/``hi`` left ``None`` the op takes each channel's min and max (widened to
-    ``[v - 1, v + 1]`` for a constant channel, as ``torch.histc``)."""
+    ``[v - 1, v + 1]`` for a constant channel, as ``torch.histc``; by ``max(1, |v| 2^-23)`` within the
+    finite floats from ``|v| >= 2^23`` on, where ``v +- 1`` rounds back to ``v``)."""
     _require_tensor("x", x)
     _check_int("bins", bins)
     _check_axis(axis)
@@ -363,7 +401,9 @@ def histogram(
 
     Bin of x: ``clamp(int((x - lo) * bins / (hi - lo)), 0, bins - 1)`` in float32, the expression
     ``torch.histc`` uses, so counts equal ``torch.histc`` per channel for values inside the range;
-    values outside go to the edge bins. ``lo``/``hi``: numbers or tensors with 1 or C values (or both
+    values outside go to the edge bins. Where that expression could overflow (``hi - lo`` or
+    ``(hi - lo) * bins`` beyond float32, or a subnormal ``hi - lo``) it is evaluated in float64 instead
+    (torch.histc itself returns garbage there). ``lo``/``hi``: numbers or tensors with 1 or C values (or both
     ``None``: the data's min/max). ``counts``: running counts to add to (accumulation across batches);
     a new tensor is returned. Raises ``ValueError`` for empty input and NaN/Inf in ``x``.
     """

@@ -20,7 +20,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from pyquant import dfq
+from pyquant import _guards, dfq
 from pyquant.quant import graph as qgraph
 from pyquant.quant.report import build_report
 from pyquant.quant.spec import QuantSpec
@@ -268,6 +268,7 @@ def _distill(recipe: Recipe, model: nn.Module, input_shape, seed: int, progress:
                      iterations=recipe.data_iterations, seed=seed, progress=progress, **recipe.data_kwargs)
 
 
+@_guards.any_grad_mode
 def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int = 8, input_shape: Sequence[int],
              seed: int = 0, progress: bool = True, data: Optional[torch.Tensor] = None,
              holdout: Optional[torch.Tensor] = None, **overrides) -> nn.Module:
@@ -282,6 +283,8 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
     _check_bits("w_bits", w_bits)
     _check_bits("a_bits", a_bits)
     shape = _check_input_shape(input_shape)
+    data = _guards.check_batch("data", data, shape)
+    holdout = _guards.check_batch("holdout", holdout, shape)
     recipe = get_recipe(recipe)
     if overrides:
         recipe = recipe.replace(**overrides)

@@ -39,25 +39,37 @@ def reduce_dims(x: Tensor, axis: Optional[int]):
     return list(range(x.dim())) if axis is None else [d for d in range(x.dim()) if d != axis % x.dim()]
 
 
+def usable_scale(scale: Tensor, qmin: int, qmax: int) -> Tensor:
+    """Scales clamped to what fake_quant accepts (quant_math.h clamp_usable_scale): at least the
+    smallest normal float32 (a subnormal scale has an infinite reciprocal: 0 * inf = NaN) and at most
+    ``FLT_MAX / (qmax - qmin) * (1 - 2^-23)`` (every dequantized level finite). PyTorch's observers
+    floor at ``finfo(float32).eps`` instead; we keep tiny ranges resolved (docs/robustness.md)."""
+    f32 = torch.finfo(torch.float32)
+    top = torch.tensor(f32.max, dtype=torch.float32) / float(qmax - qmin) * torch.tensor(0.99999988, dtype=torch.float32)
+    return scale.clamp(min=f32.tiny, max=float(top))
+
+
 def qparams_from_range(lo: Tensor, hi: Tensor, qmin: int, qmax: int, symmetric: bool) -> Tuple[Tensor, Tensor]:
     """Scale (float32) and zero-point (int32) for the clip range [lo, hi] (per channel or one value),
     with the conventions of ops.range_search: symmetric ``scale = max(-lo, hi) / qmax``, zero-point 0;
-    asymmetric (range widened to include 0) ``scale = (hi - lo) / (qmax - qmin)``,
-    ``zero_point = clamp(qmin - round(lo / scale), qmin, qmax)``. A zero range gives scale 1, zero-point 0."""
+    asymmetric (range widened to include 0) ``scale = 2 * ((hi / 2 - lo / 2) / (qmax - qmin))`` (no
+    overflow for a range of +-FLT_MAX; equal to ``(hi - lo) / (qmax - qmin)`` elsewhere),
+    ``zero_point = clamp(qmin - round(lo / scale), qmin, qmax)``. Scales are clamped by
+    :func:`usable_scale`. A zero range gives scale 1, zero-point 0."""
     lo = torch.as_tensor(lo, dtype=torch.float32).reshape(-1).clamp(max=0.0)
     hi = torch.as_tensor(hi, dtype=torch.float32).reshape(-1).clamp(min=0.0)
     if symmetric:
         if qmax <= 0:
             raise ValueError(f"symmetric quantization needs qmax > 0, got {qmax}")
         scale = torch.maximum(-lo, hi) / float(qmax)
+    else:
+        scale = 2.0 * ((0.5 * hi - 0.5 * lo) / float(qmax - qmin))
+    dead = ~(scale > 0)
+    scale = torch.where(dead, torch.ones_like(scale), usable_scale(scale, qmin, qmax))
+    if symmetric:
         zero_point = torch.zeros_like(scale)
     else:
-        scale = (hi - lo) / float(qmax - qmin)
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        zero_point = (qmin - torch.round(lo / safe)).clamp(qmin, qmax)
-    dead = ~(scale > 0)
-    scale = torch.where(dead, torch.ones_like(scale), scale)
-    zero_point = torch.where(dead, torch.zeros_like(zero_point), zero_point)
+        zero_point = torch.where(dead, torch.zeros_like(scale), (qmin - torch.round(lo / scale)).clamp(qmin, qmax))
     return scale, zero_point.to(torch.int32)
 
 

@@ -31,6 +31,7 @@ class HistogramCollector:
         self.amax: Optional[Tensor] = None  # float32 [C]: half-width a of the histogram range
         self.min_val: Optional[Tensor] = None
         self.max_val: Optional[Tensor] = None
+        self._zeros_only: Optional[Tensor] = None  # bool [C]: every value seen so far was 0
 
     def update(self, x: Tensor) -> None:
         dims = reduce_dims(x, self.axis)
@@ -44,8 +45,15 @@ class HistogramCollector:
         if not bool(torch.isfinite(lo).all() & torch.isfinite(hi).all()):
             raise ValueError(f"{type(self).__name__}.observe: x must be finite, but it contains NaN or Inf")
         batch_amax = torch.maximum(-lo, hi)
+        if self.counts is not None and lo.numel() != self.counts.shape[0]:
+            raise ValueError(
+                f"{type(self).__name__}.observe: x has {lo.numel()} channels along axis={self.axis}, but earlier "
+                f"batches had {self.counts.shape[0]}"
+            )
         if self.counts is None:
+            # An all-zero channel gets the placeholder a = 1 until a non-zero batch arrives (_grow).
             self.amax = torch.where(batch_amax > 0, batch_amax, torch.ones_like(batch_amax))
+            self._zeros_only = ~(batch_amax > 0)
             self.min_val, self.max_val = lo, hi
             channels = lo.numel()
             self.counts = torch.zeros(channels, 2 * self.bins, dtype=torch.int64, device=x.device)
@@ -58,19 +66,30 @@ class HistogramCollector:
         self.counts = new.reshape(self.counts.shape)
 
     def _grow(self, batch_amax: Tensor) -> None:
-        ratio = (batch_amax / self.amax).double()
-        m = torch.where(ratio > 1, torch.ceil(torch.log2(ratio.clamp(min=1.0))), torch.zeros_like(ratio)).long()
-        m = torch.where(self.amax.double() * torch.pow(2.0, m.double()) < batch_amax.double(), m + 1, m)
-        if not bool((m > 0).any()):
-            return
-        m = m.clamp(max=62)
-        half = self.bins
-        j = torch.arange(2 * half, device=self.counts.device)
-        factor = torch.pow(2, m)[:, None]
-        new_index = half + torch.div(j[None, :] - half, factor, rounding_mode="floor")
-        new_index = new_index.clamp(0, 2 * half - 1)
-        self.counts = torch.zeros_like(self.counts).scatter_add_(1, new_index, self.counts)
-        self.amax = (self.amax.double() * torch.pow(2.0, m.double())).float()
+        """Widens a to cover batch_amax: a <- a 2^m (m >= 0 the smallest that covers it, in float64 so
+        that no ratio overflows), capped at FLT_MAX; old bin j (offset d = j - bins from the centre)
+        moves to offset floor(d * a_old / a_new), exact for a power-of-two ratio. A channel that has
+        seen nothing but zeros takes the batch's range outright (its counts all sit in bin ``bins``,
+        the one holding 0 for every a)."""
+        old = self.amax.double()
+        want = batch_amax.double()
+        ratio = want / old
+        m = torch.where(ratio > 1, torch.ceil(torch.log2(ratio.clamp(min=1.0))), torch.zeros_like(ratio))
+        m = torch.where(old * torch.pow(2.0, m) < want, m + 1, m)
+        new = torch.clamp(old * torch.pow(2.0, m), max=torch.finfo(torch.float32).max)
+        # Channels whose history is all zeros (amax is the placeholder 1) restart from this batch.
+        restart = self._zeros_only & (want > 0)
+        new = torch.where(restart, want, new)
+        self._zeros_only = self._zeros_only & ~(want > 0)
+        moved = (new != old) & ~restart
+        if bool(moved.any()):
+            half = self.bins
+            d = torch.arange(2 * half, device=self.counts.device, dtype=torch.float64) - half
+            new_index = half + torch.floor(d[None, :] * (old / new)[:, None]).long()
+            new_index = torch.where(moved[:, None], new_index, torch.arange(2 * half, device=self.counts.device))
+            new_index = new_index.clamp(0, 2 * half - 1)
+            self.counts = torch.zeros_like(self.counts).scatter_add_(1, new_index, self.counts)
+        self.amax = new.float()
 
     # Views used by the estimators ------------------------------------------------------------
     @property
@@ -109,6 +128,12 @@ class _HistogramEstimator(RangeEstimator):
         unsigned = qmin == 0
         counts = self.collector.positive_counts() if unsigned else self.collector.magnitude_counts()
         return counts, unsigned
+
+    def _observed_extent(self, qmin: int) -> Tensor:
+        """max x (unsigned grids) or max |x| (signed) seen, float32 [C]: 0 marks a channel of zeros,
+        whose clip is 0 (scale 1, zero-point 0 by qparams_from_range) rather than one bin's width."""
+        c = self.collector
+        return c.max_val.clamp(min=0.0) if qmin == 0 else torch.maximum(-c.min_val, c.max_val)
 
     def _qparams_from_clip(self, clip: Tensor, qmin: int, qmax: int):
         clip = clip.float()
@@ -149,11 +174,13 @@ class PercentileEstimator(_HistogramEstimator):
             hi_bin = self._first_reaching(cdf, total * self.percentile / 100.0)
             lo_bin = self._first_reaching(cdf, total * (1.0 - self.percentile / 100.0))
             w = c.width
-            return ((lo_bin - c.bins).double() * w).float(), ((hi_bin + 1 - c.bins).double() * w).float()
+            live = self._observed_extent(qmin) > 0
+            lo = torch.where(live, ((lo_bin - c.bins).double() * w).float(), 0.0)
+            return lo, torch.where(live, ((hi_bin + 1 - c.bins).double() * w).float(), 0.0)
         counts, _ = self._one_sided(qmin)
         cdf = counts.cumsum(1).double()
         idx = self._first_reaching(cdf, cdf[:, -1] * self.percentile / 100.0)
-        clip = ((idx + 1).double() * c.width).float()
+        clip = torch.where(self._observed_extent(qmin) > 0, ((idx + 1).double() * c.width).float(), 0.0)
         return (torch.zeros_like(clip) if qmin == 0 else -clip), clip
 
     def qparams(self, qmin: int, qmax: int):
@@ -235,7 +262,7 @@ def kl_divergences(hist: Tensor, num_levels: int, start: Optional[int] = None) -
     P = hist[:i] with the outliers sum(hist[i:]) added to bin i-1; Q = hist[:i] merged into
     ``num_levels`` groups (bin j in group floor(j * L / i)), each group's mass spread evenly over its
     non-empty bins; returns KL(P/|P| || Q/|Q|) for every i, shape [..., B - start + 1] (inf where Q
-    misses mass of P).
+    misses mass of P). Candidates with i < L keep every bin as its own level (Q = P on the kept bins).
 
     Instead of the O(B) loop per candidate, with prefix sums S (counts), H (h log h), Z (non-empty
     bins) and N the total:  KL_i = (A_i - G_i - o_i log q_i) / N - log N + log S_i, where
@@ -246,8 +273,8 @@ def kl_divergences(hist: Tensor, num_levels: int, start: Optional[int] = None) -
     B = h.shape[-1]
     L = int(num_levels)
     start = L if start is None else int(start)
-    if not 1 <= L <= start <= B:
-        raise ValueError(f"kl_divergences: need 1 <= num_levels <= start <= bins, got {L}, {start}, {B}")
+    if not (1 <= L <= B and 1 <= start <= B):
+        raise ValueError(f"kl_divergences: need 1 <= num_levels <= bins and 1 <= start <= bins, got {L}, {start}, {B}")
     pad = torch.nn.functional.pad
     S = pad(h.cumsum(-1), (1, 0))
     H = pad(torch.xlogy(h, h).cumsum(-1), (1, 0))
@@ -263,7 +290,10 @@ def kl_divergences(hist: Tensor, num_levels: int, start: Optional[int] = None) -
     z_tab = Z[..., ends] - Z[..., first[:, None]]
     t_tab = torch.xlogy(g_tab, g_tab / z_tab.clamp(min=1.0)).flatten(-2)
     G = t_tab[..., flat].reshape(h.shape[:-1] + group_shape).sum(-1)
-    last_first = starts[:, L - 1]
+    # The group holding bin i - 1: L - 1 when i >= L; floor((i - 1) L / i) when i < L (fewer bins
+    # than levels leaves groups empty).
+    last_group = torch.div((i - 1) * L, i, rounding_mode="floor")
+    last_first = starts.gather(1, last_group[:, None]).squeeze(1)
     g_last = S[..., i] - S[..., last_first]
     z_last = Z[..., i] - Z[..., last_first]
     q_last = torch.where(h[..., i - 1] > 0, g_last / z_last.clamp(min=1.0), torch.zeros_like(last))
@@ -279,7 +309,9 @@ class EntropyEstimator(_HistogramEstimator):
     L = qmax + 1 levels per side, 128 for int8) or of x >= 0 (unsigned grids, L = qmax + 1 levels),
     the clip is the right edge of the last kept bin i that minimises KL(P || Q) (see
     :func:`kl_divergences`; ties go to the larger clip). Per tensor or per channel; candidates from
-    ``start`` (default L) to ``bins``. The whole search is tensor ops on the histogram.
+    ``start`` (default 2^(b-1), 128 for 8 bits signed or unsigned, as pytorch-quantization's
+    ``start_bin``) to ``bins``; the clip is at most the largest value seen. A channel of zeros gets
+    scale 1, zero-point 0. The whole search is tensor ops on the histogram.
     ``flatten_zero_bin`` (default, as NVIDIA's pytorch-quantization) replaces the count of the first
     bin by the second's before the search, so a spike of zeros does not dictate the clip."""
 
@@ -299,13 +331,20 @@ class EntropyEstimator(_HistogramEstimator):
             counts = counts.clone()
             counts[:, 0] = counts[:, 1]
         levels = qmax + 1
-        start = self.start if self.start is not None else min(levels, counts.shape[-1])
-        levels = min(levels, start)
+        # Search from 2^(b-1) bins, as TensorRT and pytorch-quantization (start_bin=128 for 8 bits,
+        # signed or unsigned): starting an unsigned grid at its 2^b levels could never clip below
+        # 2^b / bins of the range (one outlier at 10x the bulk would set the clip).
+        default_start = (qmax - qmin + 1) // 2
+        start = self.start if self.start is not None else min(default_start, counts.shape[-1])
+        levels = min(levels, counts.shape[-1])
         kl = kl_divergences(counts, levels, start)
         self.divergences = kl
         n = kl.shape[-1]
         best = n - 1 - kl.flip(-1).argmin(-1)
-        return ((best + start).double() * self.collector.width).float()
+        clip = ((best + start).double() * self.collector.width).float()
+        # A clip past the largest value seen only wastes levels (after range growth, empty bins up to
+        # 2x the max tie with it); a channel of zeros gets 0 (scale 1, zero-point 0).
+        return torch.minimum(clip, self._observed_extent(qmin))
 
     def qparams(self, qmin: int, qmax: int):
         check_grid(qmin, qmax, "EntropyEstimator")

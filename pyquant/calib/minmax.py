@@ -34,6 +34,11 @@ class MinMaxEstimator(RangeEstimator):
         dims = reduce_dims(x, self.axis)
         lo = x.float().amin(dim=dims).reshape(-1) if dims else x.float().reshape(-1)
         hi = x.float().amax(dim=dims).reshape(-1) if dims else x.float().reshape(-1)
+        if self.min_val is not None and lo.shape != self.min_val.shape:
+            raise ValueError(
+                f"MinMaxEstimator.observe: x has {lo.numel()} channels along axis={self.axis}, but earlier batches "
+                f"had {self.min_val.numel()}"
+            )
         if self.min_val is None:
             self.min_val, self.max_val = lo, hi
         elif self.averaging_constant is None:

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from pyquant import ops
-from pyquant.calib.base import RangeEstimator, bits_of, check_grid, check_input, reduce_dims
+from pyquant.calib.base import RangeEstimator, bits_of, check_grid, check_input, qparams_from_range, reduce_dims
 
 # bits -> (c1, c2) for alpha = c1 * sqrt(E[w^2]) + c2 * E|w|; grid [-2^(b-1), 2^(b-1) - 1].
 SAWB_COEFFICIENTS: Dict[int, Tuple[float, float]] = {
@@ -116,10 +116,9 @@ class SAWBEstimator(RangeEstimator):
             raise ValueError(f"SAWBEstimator: coefficients are fitted for the signed grid [-2^(b-1), 2^(b-1) - 1], "
                              f"got [{qmin}, {qmax}]")
         alpha = sawb_clip(self.w, bits, self.axis)
-        scale = alpha / float(qmax)
-        dead = ~(scale > 0)
-        scale = torch.where(dead, torch.ones_like(scale), scale)
-        return scale, torch.zeros_like(scale, dtype=torch.int32)
+        # scale = alpha / qmax with the shared zero-range and usable-scale rules.
+        alpha = torch.nan_to_num(torch.as_tensor(alpha, dtype=torch.float32), nan=0.0)
+        return qparams_from_range(-alpha, alpha, qmin, qmax, symmetric=True)
 
 
 def _main() -> None:  # pragma: no cover - regenerates the table above

@@ -22,11 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyquant._guards import any_grad_mode
 from pyquant.distill._loop import check_common, iterate, own_input_term, run_batches
 from pyquant.distill.hooks import BNStatHooks, model_device
 from pyquant.distill.zeroq import init_inputs
 
 
+@any_grad_mode
 def aac(
     model: nn.Module,
     num_samples: int,

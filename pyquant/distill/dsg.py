@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyquant._guards import any_grad_mode
 from pyquant.distill._loop import check_common, iterate, own_input_term, run_batches
 from pyquant.distill.hooks import BNStatHooks, bn_layers, model_device
 from pyquant.distill.zeroq import init_inputs
@@ -51,6 +52,7 @@ def lse_weights(n: int, layer_index: int, num_layers: int, device, boost: float 
     return w
 
 
+@any_grad_mode
 def dsg(
     model: nn.Module,
     num_samples: int,

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyquant._guards import any_grad_mode
 from pyquant.distill._loop import check_common, iterate, own_input_term, run_batches
 from pyquant.distill.hooks import BNStatHooks, model_device
 
@@ -69,6 +70,7 @@ def swing_convolutions(model: nn.Module):
             h.remove()
 
 
+@any_grad_mode
 def genie(
     model: nn.Module,
     num_samples: int,

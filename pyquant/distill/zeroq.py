@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pyquant._guards import any_grad_mode
 from pyquant.distill._loop import check_common, iterate, own_input_term, run_batches
 from pyquant.distill.hooks import BNStatHooks, model_device
 
@@ -32,6 +33,7 @@ def init_inputs(n: int, shape: Sequence[int], init: str, device) -> Tensor:
     raise ValueError(f"init must be 'gaussian' or 'uniform', got {init!r}")
 
 
+@any_grad_mode
 def zeroq(
     model: nn.Module,
     num_samples: int,

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from pyquant._guards import any_grad_mode
 from pyquant.int8.modules import Add, AvgPool2d, Conv2d, Dequantize, Grid, Linear, Quantize
 from pyquant.quant import graph as qgraph
 from pyquant.quant.modules import QuantConv2d, QuantLinear
@@ -310,6 +311,7 @@ def _pair_any(v):
 
 
 
+@any_grad_mode
 def convert(fake_quant_model: nn.Module) -> fx.GraphModule:
     """The fake-quant network from :func:`pyquant.quantize` running on the int8 ops (``ops.int8_conv2d`` /
     ``ops.int8_linear``): uint8 activations between layers, prepacked int8 weights, fused bias / ReLU /

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import json
 import operator
+import os
 from typing import Any, Dict
 
 import torch
@@ -69,6 +70,8 @@ def _decode(a, nodes: Dict[str, fx.Node]):
         return [_decode(x, nodes) for x in a]
     if isinstance(a, dict):
         if "node" in a:
+            if a["node"] not in nodes:
+                raise ValueError(f"load: the manifest refers to node {a['node']!r} before (or without) defining it")
             return nodes[a["node"]]
         if "slice" in a:
             return slice(*(_decode(x, nodes) for x in a["slice"]))
@@ -165,12 +168,31 @@ def load(path: str) -> fx.GraphModule:
     """A converted int8 model from a file written by :func:`save` (nothing is unpickled)."""
     from safetensors import safe_open
 
-    with safe_open(path, framework="pt") as f:
-        meta = f.metadata() or {}
-        if "pyquant.int8" not in meta:
-            raise ValueError(f"load: {path} has no pyquant.int8 manifest")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load: path must be a str or os.PathLike, got {type(path).__name__}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"load: no such file: {path}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # safetensors raises its own error types for a corrupt header or payload
+        raise ValueError(f"load: {path} is not a readable safetensors file ({type(err).__name__}: {err})") from err
+    if "pyquant.int8" not in meta:
+        raise ValueError(f"load: {path} has no pyquant.int8 manifest")
+    try:
         manifest = json.loads(meta["pyquant.int8"])
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"load: {path} has a corrupt pyquant.int8 manifest ({err})") from err
+    if not isinstance(manifest, dict):
+        raise ValueError(f"load: {path} has a corrupt pyquant.int8 manifest (not a JSON object)")
+    try:
+        return _build(manifest, tensors, path)
+    except (KeyError, TypeError, AttributeError, IndexError) as err:
+        raise ValueError(f"load: {path} has an incomplete or corrupt manifest ({type(err).__name__}: {err})") from err
+
+
+def _build(manifest: dict, tensors: Dict[str, torch.Tensor], path: str) -> fx.GraphModule:
     if manifest.get("format") != FORMAT or manifest.get("version") != VERSION:
         raise ValueError(f"load: {path} is format {manifest.get('format')} v{manifest.get('version')}, expected "
                          f"{FORMAT} v{VERSION}")
@@ -181,7 +203,11 @@ def load(path: str) -> fx.GraphModule:
             if cls is None:
                 raise ValueError(f"load: unknown int8 module type {e['type']!r}")
             own = {k[len(name) + 1:]: t for k, t in tensors.items() if k.startswith(name + ".")}
-            m = cls.from_config(e["config"], own)
+            try:
+                m = cls.from_config(e["config"], own)
+            except KeyError as err:
+                raise ValueError(f"load: module {name!r} ({e['type']}) in {path} misses {err.args[0]!r} "
+                                 f"(a tensor or a config entry)") from err
         else:
             cls = getattr(nn, e["type"], None)
             if not (isinstance(cls, type) and issubclass(cls, nn.Module)):

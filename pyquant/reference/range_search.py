@@ -24,6 +24,14 @@ def channel_rows(x: Tensor, axis: Optional[int]) -> Tensor:
     return x.movedim(axis, 0).reshape(x.shape[axis], -1).float()
 
 
+def usable_scale(scale: Tensor, qmin: int, qmax: int) -> Tensor:
+    """quant_math.h clamp_usable_scale: scales clamped to [smallest normal float32,
+    FLT_MAX / (qmax - qmin) * (1 - 2^-23)] (finite reciprocal; finite dequantized levels)."""
+    f32 = torch.finfo(torch.float32)
+    hi = torch.tensor(f32.max, dtype=torch.float32) / float(qmax - qmin) * torch.tensor(0.99999988, dtype=torch.float32)
+    return scale.clamp(min=f32.tiny, max=float(hi))
+
+
 def candidate_params(rows: Tensor, qmin: int, qmax: int, symmetric: bool, num_candidates: int) -> Tuple[Tensor, Tensor]:
     """Scales [C, K] (float32) and zero-points [C, K] (int32) of candidates k = 1..K."""
     lo = rows.amin(1).clamp(max=0.0)
@@ -31,11 +39,11 @@ def candidate_params(rows: Tensor, qmin: int, qmax: int, symmetric: bool, num_ca
     ratio = torch.arange(1, num_candidates + 1, dtype=torch.float32) / float(num_candidates)
     if symmetric:
         absmax = torch.maximum(-lo, hi)
-        scale = (ratio[None, :] * absmax[:, None]) / float(qmax)
+        scale = usable_scale((ratio[None, :] * absmax[:, None]) / float(qmax), qmin, qmax)
         return scale, torch.zeros_like(scale, dtype=torch.int32)
     lo_k = ratio[None, :] * lo[:, None]
     hi_k = ratio[None, :] * hi[:, None]
-    scale = (hi_k - lo_k) / float(qmax - qmin)
+    scale = usable_scale(2.0 * ((0.5 * hi_k - 0.5 * lo_k) / float(qmax - qmin)), qmin, qmax)
     zero_point = (qmin - torch.round(lo_k / scale)).clamp(qmin, qmax)
     return scale, torch.nan_to_num(zero_point, nan=0.0).to(torch.int32)
 

@@ -5,13 +5,16 @@
 // range_search candidate k = 1..K of a channel clips at the ratio r_k = k / K (float32) of its range:
 //   symmetric:  clip = r_k * max|x_c|,  scale_k = clip / qmax,  zero-point 0
 //   asymmetric: lo = r_k * min(min x_c, 0),  hi = r_k * max(max x_c, 0),
-//               scale_k = (hi - lo) / (qmax - qmin),
+//               scale_k = 2 * ((hi / 2 - lo / 2) / (qmax - qmin)),
+// each scale clamped to quant_math.h's usable range [min_usable_scale, max_usable_scale(qmin, qmax)],
 //               zero_point_k = clamp(qmin - round_half_even(lo / scale_k), qmin, qmax)
 // every step in float32 and in this order (the tests rebuild the same values with torch ops).
 //
 // histogram bin of x for the range [lo, hi) with `bins` bins, the expression torch.histc evaluates
 // (float32, truncation toward zero), with values outside the range sent to the edge bins:
 //   bin = clamp((x - lo) * bins / (hi - lo), 0, bins - 1)
+// where that cannot overflow (histogram_float32_safe); otherwise the same expression in float64.
+// NaN positions never reach the integer cast.
 #include <cstdint>
 
 #include "pyquant/macros.h"
@@ -54,11 +57,12 @@ PYQ_HOST_DEVICE AffineParams candidate_params(const ChannelSpan& s, bool symmetr
   const float r = candidate_ratio(k, num_candidates);
   if (symmetric) {
     const float clip = r * span_absmax(s);
-    return make_affine_params(clip / qmax, 0.0f, qmin, qmax);
+    return make_affine_params(clamp_usable_scale(clip / qmax, qmin, qmax), 0.0f, qmin, qmax);
   }
   const float lo = r * s.lo;
   const float hi = r * s.hi;
-  const float scale = (hi - lo) / (qmax - qmin);
+  // hi - lo overflows for a span of +-FLT_MAX: halve both first (exact for normal floats).
+  const float scale = clamp_usable_scale(2.0f * ((0.5f * hi - 0.5f * lo) / (qmax - qmin)), qmin, qmax);
   const float zero_point = clamp_level(qmin - round_half_even(lo / scale), qmin, qmax);
   return make_affine_params(scale, zero_point, qmin, qmax);
 }
@@ -97,11 +101,32 @@ PYQ_HOST_DEVICE int64_t pick_candidate(const double* err, int64_t num_candidates
   return best;
 }
 
-// Histogram bin (see the header comment): a true division, as torch.histc does.
+// True when torch.histc's float32 expression cannot overflow for any x in [lo, hi]: the width and
+// width * bins are finite, and the width is a normal number (a subnormal width loses its precision
+// and vanishes under flush-to-zero). Elsewhere (|x| > FLT_MAX / 2, or near FLT_MAX / bins, or a
+// subnormal range) the bin is computed in float64.
+PYQ_HOST_DEVICE bool histogram_float32_safe(float lo, float hi, float bins) {
+  const float width = hi - lo;
+  return width >= 1.17549435e-38f && width * bins <= 3.40282347e38f;
+}
+
+// Clamps a bin position to [0, bins - 1] before the cast; NaN goes to bin 0 (it never indexes:
+// a NaN cast to an integer is undefined behaviour, on x86 INT_MIN).
+PYQ_HOST_DEVICE int64_t histogram_clamp_bin(float pos, float bins) {
+  if (!(pos > 0.0f)) return 0;
+  if (!(pos < bins - 1.0f)) return static_cast<int64_t>(bins) - 1;
+  return static_cast<int64_t>(pos);
+}
+
+// Histogram bin (see the header comment): a true division, as torch.histc does, where that cannot
+// overflow; otherwise the same expression in float64, where (x - lo) * bins cannot overflow (the
+// largest value is 2 FLT_MAX * 2^24 < 1e47).
 PYQ_HOST_DEVICE int64_t histogram_bin(float x, float lo, float hi, float bins) {
-  float pos = (x - lo) * bins / (hi - lo);
-  pos = pos < 0.0f ? 0.0f : pos;
-  pos = pos > bins - 1.0f ? bins - 1.0f : pos;
+  if (histogram_float32_safe(lo, hi, bins)) return histogram_clamp_bin((x - lo) * bins / (hi - lo), bins);
+  const double pos = (static_cast<double>(x) - static_cast<double>(lo)) * static_cast<double>(bins) /
+                     (static_cast<double>(hi) - static_cast<double>(lo));
+  if (!(pos > 0.0)) return 0;
+  if (!(pos < static_cast<double>(bins) - 1.0)) return static_cast<int64_t>(bins) - 1;
   return static_cast<int64_t>(pos);
 }
 

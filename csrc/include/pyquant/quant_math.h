@@ -51,12 +51,34 @@ PYQ_HOST_DEVICE bool is_finite_positive(float v) {
   return v > 0.0f && v <= 3.402823466e+38f;
 }
 
-// Builds the constants. An invalid scale (<= 0, NaN, Inf) or zero-point outside [qmin, qmax] poisons
+// The scales a calibration may produce for the grid [qmin, qmax]: at least the smallest normal
+// float32 (a subnormal scale has an infinite reciprocal, and 0 * inf = NaN), and at most
+// FLT_MAX / (qmax - qmin) rounded down, so that every dequantized level (q - z) * scale is finite.
+PYQ_HOST_DEVICE float min_usable_scale() {
+  return 1.17549435e-38f;
+}
+PYQ_HOST_DEVICE float max_usable_scale(float qmin, float qmax) {
+  return 3.40282347e38f / (qmax - qmin) * 0.99999988f;
+}
+PYQ_HOST_DEVICE float clamp_usable_scale(float scale, float qmin, float qmax) {
+  const float lo = min_usable_scale();
+  const float hi = max_usable_scale(qmin, qmax);
+  return scale < lo ? lo : (scale > hi ? hi : scale);
+}
+
+// The scales fake_quant accepts (host_params raises on the others; PYQUANT_CHECK checks the same on
+// the device): finite, > 0, a finite reciprocal (not subnormal: 0 * inf = NaN) and finite levels
+// scale * (qmax - qmin).
+PYQ_HOST_DEVICE bool scale_is_usable(float scale, float qmin, float qmax) {
+  return is_finite_positive(scale) && is_finite_positive(1.0f / scale) && is_finite_positive(scale * (qmax - qmin));
+}
+
+// Builds the constants. An unusable scale (scale_is_usable) or zero-point outside [qmin, qmax] poisons
 // the quantizer so every output is NaN: the host rejects such values on CPU before any kernel runs;
 // on CUDA, where reading them would cost a device synchronisation, the poison keeps the error visible.
 PYQ_HOST_DEVICE AffineParams make_affine_params(float scale, float zero_point, float qmin, float qmax) {
   AffineParams p;
-  const bool valid = is_finite_positive(scale) && zero_point >= qmin && zero_point <= qmax;
+  const bool valid = scale_is_usable(scale, qmin, qmax) && zero_point >= qmin && zero_point <= qmax;
   p.scale = valid ? scale : NAN;
   p.inv_scale = 1.0f / p.scale;
   p.zero_point = zero_point;

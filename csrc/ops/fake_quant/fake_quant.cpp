@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <cstring>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -144,10 +145,18 @@ HostParams host_params(const char* op, const at::Tensor& scale, const at::Tensor
   const float* sp = s.data_ptr<float>();
   const float qmin = static_cast<float>(quant_min);
   const float qmax = static_cast<float>(quant_max);
+  const bool scale_is_step = std::strcmp(param_name, "alpha") != 0;
   for (int64_t c = 0; c < n; ++c) {
     const float sc = sp[c];
     TORCH_CHECK_VALUE(std::isfinite(sc) && sc > 0.0f, op, ": ", param_name,
                       " must be finite and > 0, got ", sc, n > 1 ? " at channel " : "",
+                      n > 1 ? std::to_string(c) : std::string());
+    // A subnormal scale passes the check above but its reciprocal is inf, and 0 * inf = NaN.
+    TORCH_CHECK_VALUE(std::isfinite(1.0f / sc), op, ": ", param_name, " must have a finite reciprocal (scale > 1 / FLT_MAX ~ 2.94e-39), got ",
+                      sc, n > 1 ? " at channel " : "", n > 1 ? std::to_string(c) : std::string());
+    // (PACT passes alpha = scale * levels here: its levels are alpha at most.)
+    TORCH_CHECK_VALUE(!scale_is_step || std::isfinite(sc * (qmax - qmin)), op, ": ", param_name, " * (quant_max - quant_min) must be "
+                      "finite (the dequantized levels would overflow), got ", sc, n > 1 ? " at channel " : "",
                       n > 1 ? std::to_string(c) : std::string());
     p.scale[c] = sc;
     p.inv_scale[c] = 1.0f / sc;

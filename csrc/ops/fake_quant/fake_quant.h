@@ -44,7 +44,8 @@ at::Tensor empty_output_like(const at::Tensor& like);
 // Bytes of the bit-packed mask of n elements: whole 64-bit words.
 int64_t mask_bytes(int64_t numel);
 
-// Per-channel constants on the host (float32), validated: scale finite and > 0, zero-point in
+// Per-channel constants on the host (float32), validated: scale finite and > 0 with a finite
+// reciprocal and a finite scale * (quant_max - quant_min) (PACT's alpha: the reciprocal only), zero-point in
 // [quant_min, quant_max] (float zero-points rounded first when lsq_rounding, as LSQ does). Raises ValueError naming the argument.
 struct HostParams {
   std::vector<float> scale;

@@ -80,8 +80,13 @@ std::pair<at::Tensor, at::Tensor> histogram_range(const at::Tensor& x, const His
   mx = mx.to(at::kFloat).reshape({C});
   TORCH_CHECK_VALUE(at::isfinite(mn).all().item<bool>() && at::isfinite(mx).all().item<bool>(),
                     "histogram: x must be finite, but it contains NaN or Inf");
+  // A constant channel v gets [v - 1, v + 1] (torch.histc); from |v| >= 2^23 on, v +- 1 rounds back
+  // to v, so the half-width grows to |v| * 2^-23 (about one ulp), kept inside the finite floats.
   const at::Tensor same = at::eq(mn, mx);
-  return {at::where(same, mn - 1.0f, mn).contiguous(), at::where(same, mx + 1.0f, mx).contiguous()};
+  const at::Tensor delta = at::clamp_min(at::abs(mn) * 1.1920928955078125e-07f, 1.0f);
+  constexpr float kMax = 3.40282347e38f;
+  return {at::where(same, at::clamp_min(mn - delta, -kMax), mn).contiguous(),
+          at::where(same, at::clamp_max(mx + delta, kMax), mx).contiguous()};
 }
 
 }  // namespace pyquant::ops

@@ -20,7 +20,7 @@ HistogramArgs check_histogram_args(const at::Tensor& x, int64_t bins, const std:
 
 // The range used per channel (float32, shape [C]; [1] per tensor): lo/hi broadcast to C values when
 // given; otherwise the min and max of each channel, widened to [v - 1, v + 1] where they are equal
-// (as torch.histc does). Raises ValueError when x holds NaN or Inf (computed range only; the
+// (as torch.histc does; by max(1, |v| 2^-23), clamped to the finite floats, from |v| >= 2^23 on). Raises ValueError when x holds NaN or Inf (computed range only; the
 // kernels report non-finite elements for a given range).
 std::pair<at::Tensor, at::Tensor> histogram_range(const at::Tensor& x, const HistogramArgs& args,
                                                   std::optional<int64_t> axis, const std::optional<at::Tensor>& lo,

@@ -1,6 +1,8 @@
 // CPU implementations of the fake-quant ops: argument checks, allocation, and at::parallel_for over
 // fixed blocks of memory; the arithmetic lives in fake_quant_kernel.cpp (one build per CPU variant).
 #include <ATen/ATen.h>
+
+#include <cmath>
 #include <ATen/MemoryOverlap.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -199,6 +201,8 @@ HostParams pact_params(const Tensor& alpha, int64_t bits, bool alpha_itself) {
     for (size_t c = 0; c < p.scale.size(); ++c) {
       p.scale[c] = pact_scale(p.scale[c], static_cast<float>(levels));
       p.inv_scale[c] = 1.0f / p.scale[c];
+      TORCH_CHECK_VALUE(std::isfinite(p.inv_scale[c]), "fake_quant_pact: alpha / (2^bits - 1) must have a finite "
+                        "reciprocal, got alpha = ", p.scale[c] * static_cast<float>(levels));
     }
   }
   return p;

@@ -9,6 +9,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "pyquant/calib_math.h"
 
@@ -25,8 +26,27 @@ constexpr int64_t kLanes = Vec::size();
 static_assert(IVec::size() == kLanes, "int32 and float vectors must have the same lane count");
 constexpr int64_t kStage = 256;
 
+// Ranges where the float32 expression could overflow (calib_math.h histogram_float32_safe): one
+// element at a time through histogram_bin's float64 path. Rare (|x| near FLT_MAX or a subnormal
+// range), so not vectorized.
+template <typename scalar_t>
+int64_t accumulate_scalar(const scalar_t* x, int64_t n, float lo, float hi, int64_t bins, uint32_t* hist) {
+  const float nb = static_cast<float>(bins);
+  int64_t bad = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = static_cast<float>(x[i]);
+    if (!std::isfinite(v)) {
+      ++bad;
+      continue;
+    }
+    ++hist[(i % kHistogramCopies) * bins + histogram_bin(v, lo, hi, nb)];
+  }
+  return bad;
+}
+
 template <typename scalar_t>
 int64_t accumulate_typed(const scalar_t* x, int64_t n, float lo, float hi, int64_t bins, uint32_t* hist) {
+  if (!histogram_float32_safe(lo, hi, static_cast<float>(bins))) return accumulate_scalar(x, n, lo, hi, bins, hist);
   const Vec lo_v(lo);
   const Vec width_v(hi - lo);
   const Vec bins_v(static_cast<float>(bins));
@@ -52,6 +72,7 @@ int64_t accumulate_typed(const scalar_t* x, int64_t n, float lo, float hi, int64
       const Vec finite = (xv - xv) == zero;
       bad = bad + Vec::blendv(Vec(1.0f), zero, finite);
       xv = Vec::blendv(lo_v, xv, finite);
+      // No NaN here: x is finite and the range is float32-safe, so pos is finite or +-Inf.
       const Vec pos = at::vec::clamp((xv - lo_v) * bins_v / width_v, zero, top);
       const IVec b = at::vec::convert_to_int_of_same_size(pos);
       if (m == kLanes) {
