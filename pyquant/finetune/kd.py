@@ -37,6 +37,7 @@ from __future__ import annotations
 import copy
 import math
 import os
+import time
 from typing import Callable, Dict, List, Optional, Union
 
 import torch
@@ -208,7 +209,7 @@ def kd_finetune(qm: fx.GraphModule, teacher: nn.Module, data: Union[Tensor, Call
     ``qm.bn_stats`` (a :func:`pyquant.quantize` result).
 
     Returns the fine-tuned network (a copy unless ``inplace``), an ordinary fake-quant network whose
-    FakeQuantizers hold the learned steps, with ``kd_log`` (one dict per epoch: mean loss and its terms).
+    FakeQuantizers hold the learned steps, with ``kd_log`` (one dict per epoch: mean loss and its terms, seconds).
     ``checkpoint_dir``: after every epoch the training state is saved there (``kd.pt``, loadable with
     ``weights_only=True``); a rerun with the same arguments resumes after the last finished epoch and
     gives the same result as an uninterrupted run. Deterministic under ``seed``; runs in any grad mode.
@@ -315,6 +316,7 @@ def _finetune(qm, teacher, data, bn_stats, settings: dict, checkpoint_dir, progr
                 generator = torch.Generator().manual_seed(_epoch_seed(s["seed"], epoch))
                 order = torch.randperm(n_epoch, generator=generator)
                 sums = {"loss": 0.0, "kl": 0.0, "ce": 0.0, "bn": 0.0}
+                t_epoch = time.perf_counter()
                 for b in range(per_epoch):
                     idx = order[b * s["batch_size"]:(b + 1) * s["batch_size"]]
                     x = x_all[idx.to(x_all.device)]
@@ -337,15 +339,15 @@ def _finetune(qm, teacher, data, bn_stats, settings: dict, checkpoint_dir, progr
                         ce = F.cross_entropy(s_logits, t_logits.argmax(1))
                         loss = loss + s["ce_weight"] * ce
                     if not bool(torch.isfinite(loss)):
-                        raise KDError(f"kd_finetune: loss is {float(loss)} at epoch {epoch}, step {b} (KL "
-                                      f"{float(kl)}); the network keeps the state after epoch {epoch - 1}"
-                                      if epoch else f"kd_finetune: loss is {float(loss)} at epoch 0, step {b}; "
-                                      f"the network keeps its calibrated state")
+                        kept = f"the state after epoch {epoch - 1}" if epoch else "its calibrated state"
+                        raise KDError(f"kd_finetune: loss is {float(loss.detach())} at epoch {epoch}, step {b} "
+                                      f"(KL {float(kl.detach())}); the network keeps {kept}")
                     if hooked:
                         bn = _bn_alignment(outputs, bn_stats)
                         loss = loss + s["bn_weight"] * bn
                         if not bool(torch.isfinite(loss)):
-                            raise KDError(f"kd_finetune: BN-alignment loss is {float(bn)} at epoch {epoch}, step {b}")
+                            raise KDError(f"kd_finetune: BN-alignment loss is {float(bn.detach())} at epoch {epoch}, "
+                                          f"step {b}")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -356,7 +358,8 @@ def _finetune(qm, teacher, data, bn_stats, settings: dict, checkpoint_dir, progr
                     sums["kl"] += float(kl.detach())
                     sums["ce"] += float(ce.detach()) if ce is not None else 0.0
                     sums["bn"] += float(bn.detach()) if bn is not None else 0.0
-                entry = {"epoch": epoch, "samples": int(n_epoch), **{k: v / per_epoch for k, v in sums.items()}}
+                entry = {"epoch": epoch, "samples": int(n_epoch), **{k: v / per_epoch for k, v in sums.items()},
+                         "seconds": time.perf_counter() - t_epoch}
                 log.append(entry)
                 good = {k: v.detach().clone() for k, v in qm.state_dict().items()}
                 if ckpt:
