@@ -5,7 +5,8 @@ Every layer quantized (W4A4 by default), per-channel weights, per-tensor activat
 (``--num-samples`` x ``--iterations``, cached on disk with the seconds it took), the calibration of ``best``'s
 own pipeline (Lp weight clips + SQuant, MSE activation clips, ABN; no selection) on it, then KD fine-tuning
 with the cell's setting. Wall time = distillation + calibration + fine-tuning (the fine-tuning's from its
-per-epoch times, so a resumed cell still counts every finished epoch), single thread. Evaluation: the shared
+per-epoch times, so a resumed cell still counts every finished epoch), single thread; also the process CPU
+seconds of the same phases (the honest cost when other jobs share the cores). Evaluation: the shared
 JPEG CIFAR-10 test set, ``--eval-images`` of them (a fixed subset, the same for every cell: a seeded
 permutation's first N) or all 10,000. Resumable: finished cells are kept in --out, an interrupted KD resumes
 from its per-epoch checkpoint.
@@ -49,13 +50,13 @@ CALIBRATION = dict(recipe="best", select_among=())
 def zeroq_data(model, name, seed, n, iterations, cache_dir):
     path = os.path.join(cache_dir, f"{name}_zeroq_s{seed}_n{n}_it{iterations}.pt")
     if not os.path.isfile(path):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         x = pyquant.distill.zeroq(model, n, (3, 32, 32), batch_size=64, iterations=iterations, seed=seed,
                                   progress=False)
         os.makedirs(cache_dir, exist_ok=True)
-        torch.save({"x": x, "seconds": time.perf_counter() - t0}, path)
+        torch.save({"x": x, "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0}, path)
     saved = torch.load(path, weights_only=True)
-    return saved["x"], float(saved["seconds"])
+    return saved["x"], float(saved["seconds"]), float(saved["cpu_seconds"])
 
 
 def main(argv=None):
@@ -92,30 +93,38 @@ def main(argv=None):
                    f"/eval{images.shape[0]}")
             if key in results["cells"]:
                 continue
-            data, distill_s = zeroq_data(model, args.model, seed, args.num_samples, args.iterations, args.cache_dir)
+            data, distill_s, distill_cpu = zeroq_data(model, args.model, seed, args.num_samples, args.iterations,
+                                                      args.cache_dir)
             kd = SETTINGS[setting]
             overrides = {}
             if kd is not None:
                 ckpt = os.path.join(args.cache_dir, "kd_ckpt", key.replace("/", "_"))
                 overrides["finetune"] = dict(kd, checkpoint_dir=ckpt)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             qm = pyquant.quantize(model, CALIBRATION["recipe"], w_bits=w, a_bits=a, input_shape=(3, 32, 32),
                                   seed=seed, data=data, progress=True, select_among=CALIBRATION["select_among"],
                                   **overrides)
             steps = {s["step"]: s["seconds"] for s in qm.quant_report.steps}
             log = getattr(qm, "kd_log", [])
+            resumed = kd is not None and len(log) > 0 and steps.get("finetune:kd", 0.0) < 0.9 * sum(
+                e["seconds"] for e in log)
             kd_s = sum(e["seconds"] for e in log)
             calib_s = time.perf_counter() - t0 - steps.get("finetune:kd", 0.0)
+            kd_cpu = sum(e["cpu_seconds"] for e in log)
+            calib_cpu = time.process_time() - c0 - (kd_cpu if not resumed else 0.0)
             top1 = evaluate_top1(qm, images, labels)
             cell = {"model": args.model, "config": args.config, "setting": setting, "kd": kd, "seed": seed,
                     "num_samples": args.num_samples, "iterations": args.iterations,
                     "eval_images": int(images.shape[0]), "top1": top1, "fp32": results["fp32"][eval_key],
                     "distill_s": distill_s, "calibration_s": calib_s, "kd_s": kd_s,
-                    "wall_s": distill_s + calib_s + kd_s, "kd_log": log, "threads": args.threads}
+                    "wall_s": distill_s + calib_s + kd_s,
+                    "cpu_s": distill_cpu + calib_cpu + kd_cpu, "resumed": resumed, "kd_log": log,
+                    "threads": args.threads}
             results["cells"][key] = cell
             save_json(args.out, results)
-            print(f"{key}: top1 {top1:.2f} (fp32 {cell['fp32']:.2f}) wall {cell['wall_s']:.0f} s "
-                  f"(distill {distill_s:.0f}, calib {calib_s:.0f}, kd {kd_s:.0f})", flush=True)
+            print(f"{key}: top1 {top1:.2f} (fp32 {cell['fp32']:.2f}) wall {cell['wall_s']:.0f} s, "
+                  f"cpu {cell['cpu_s']:.0f} s (distill {distill_s:.0f}, calib {calib_s:.0f}, kd {kd_s:.0f})",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -209,7 +209,8 @@ def kd_finetune(qm: fx.GraphModule, teacher: nn.Module, data: Union[Tensor, Call
     ``qm.bn_stats`` (a :func:`pyquant.quantize` result).
 
     Returns the fine-tuned network (a copy unless ``inplace``), an ordinary fake-quant network whose
-    FakeQuantizers hold the learned steps, with ``kd_log`` (one dict per epoch: mean loss and its terms, seconds).
+    FakeQuantizers hold the learned steps, with ``kd_log`` (one dict per epoch: mean loss and its terms, wall
+    and CPU seconds).
     ``checkpoint_dir``: after every epoch the training state is saved there (``kd.pt``, loadable with
     ``weights_only=True``); a rerun with the same arguments resumes after the last finished epoch and
     gives the same result as an uninterrupted run. Deterministic under ``seed``; runs in any grad mode.
@@ -316,7 +317,7 @@ def _finetune(qm, teacher, data, bn_stats, settings: dict, checkpoint_dir, progr
                 generator = torch.Generator().manual_seed(_epoch_seed(s["seed"], epoch))
                 order = torch.randperm(n_epoch, generator=generator)
                 sums = {"loss": 0.0, "kl": 0.0, "ce": 0.0, "bn": 0.0}
-                t_epoch = time.perf_counter()
+                t_epoch, cpu_epoch = time.perf_counter(), time.process_time()
                 for b in range(per_epoch):
                     idx = order[b * s["batch_size"]:(b + 1) * s["batch_size"]]
                     x = x_all[idx.to(x_all.device)]
@@ -359,7 +360,7 @@ def _finetune(qm, teacher, data, bn_stats, settings: dict, checkpoint_dir, progr
                     sums["ce"] += float(ce.detach()) if ce is not None else 0.0
                     sums["bn"] += float(bn.detach()) if bn is not None else 0.0
                 entry = {"epoch": epoch, "samples": int(n_epoch), **{k: v / per_epoch for k, v in sums.items()},
-                         "seconds": time.perf_counter() - t_epoch}
+                         "seconds": time.perf_counter() - t_epoch, "cpu_seconds": time.process_time() - cpu_epoch}
                 log.append(entry)
                 good = {k: v.detach().clone() for k, v in qm.state_dict().items()}
                 if ckpt:
