@@ -92,6 +92,7 @@ class Recipe:
     select_holdout: int = 32
     select_signal: str = "kl"
     reconstruct: Optional[dict] = None  # keyword arguments of pyquant.finetune.reconstruct (needs data)
+    finetune: Optional[dict] = None  # keyword arguments of pyquant.finetune.kd_finetune (needs data)
 
     def __post_init__(self):
         checks = [("data", self.data, GENERATORS + (None,)), ("weight_estimator", self.weight_estimator, WEIGHT_ESTIMATORS),
@@ -146,6 +147,8 @@ class Recipe:
             s += ["abn", f"calibrate_activations:{self.act_estimator}"]
         if self.reconstruct is not None:
             s.append("reconstruct")
+        if self.finetune is not None:
+            s.append("finetune:kd")
         s.append("report")
         if self.select_among:
             s.append("select:" + ",".join((self.name,) + tuple(self.select_among)))
@@ -184,6 +187,12 @@ RECIPES: Dict[str, Recipe] = {
     "brecq": Recipe(name="brecq", data="zeroq", num_samples=512, weight_estimator="mse", weight_p=2.4,
                     act_estimator="mse", input_calibration="standardized",
                     reconstruct={"iterations": 500, "batch_size": 32}),
+    # best's own calibration (no selection), then KD fine-tuning from the FP32 network with LSQ steps on the same
+    # ZeroQ data (pyquant.finetune.kd_finetune); settings chosen on ResNet-32 (bench/kd_study.py, issue 11).
+    "kd": Recipe(name="kd", data="zeroq", num_samples=256, data_iterations=80, weight_estimator="mse", weight_p=2.4,
+                 weight_rounding="squant", act_estimator="mse", abn=True, abn_after_activations=True,
+                 abn_below_bits=8, abn_bn_weight=0.5, input_calibration="standardized",
+                 finetune={"epochs": 40, "batch_size": 32, "lr": 1e-4, "lr_step": 1e-4, "augment": True}),
 }
 
 
@@ -384,6 +393,12 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
 
         with step("reconstruct", f"{len(data)} samples"):
             reconstruct(qm, data, seed=seed, progress=progress, inplace=True, **recipe.reconstruct)
+    if recipe.finetune is not None:
+        from pyquant.finetune import kd_finetune
+
+        qm.bn_stats = bn_stats  # the BN-alignment term reads them
+        with step("finetune:kd", f"{len(data)} samples"):  # the teacher: the FP32 network as traced
+            kd_finetune(qm, gm, data, seed=seed, progress=progress, inplace=True, **recipe.finetune)
     with step("report"):
         if probe is None:
             probe = torch.randn((64,) + shape, generator=torch.Generator().manual_seed(seed)).to(device)
