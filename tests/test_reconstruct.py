@@ -1,34 +1,133 @@
-"""Block reconstruction (pyquant.finetune): blocks found, the result runs on the int8 engine, resume equals
-an uninterrupted run, no_grad callers work."""
+"""Block reconstruction (pyquant.finetune): blocks found, a killed run resumed from its checkpoint equals the
+uninterrupted one bit for bit, a NaN loss names its block and keeps the blocks before it, any grad mode works,
+the output error against FP32 goes down, and the result runs on the int8 engine."""
 
+import copy
+import importlib
+
+import pytest
 import torch
 
 import pyquant
-from pyquant.finetune import blocks, reconstruct
+from pyquant.finetune import ReconstructionError, blocks, reconstruct
 from pyquant.int8 import convert
 
 import nets
+from test_recipes import _threads  # noqa: F401  (one thread: the machine is shared)
+
+rc = importlib.import_module("pyquant.finetune.reconstruct")  # the package exports the function of that name
+
+SETTINGS = dict(iterations=4, batch_size=8, progress=False)
 
 
-def _qm():
+@pytest.fixture(scope="module")
+def calibrated():
+    """ResNet-8 (random weights, non-trivial BN statistics) at W4A4 after calibration, with its data."""
+    torch.manual_seed(0)
     m = nets.resnet8()
-    return m, pyquant.quantize(m, "zeroq", w_bits=4, a_bits=4, input_shape=(3, 32, 32), num_samples=16,
-                               data_iterations=2, progress=False)
+    qm = pyquant.quantize(m, "zeroq", w_bits=4, a_bits=4, input_shape=(3, 32, 32), num_samples=16,
+                          data_iterations=2, progress=False)
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    return m, qm, x
 
 
-def test_reconstruct_resume_equals_uninterrupted_and_int8_runs(tmp_path):
-    m, qm = _qm()
+def _states_equal(a, b, names=None):
+    sa, sb = a.state_dict(), b.state_dict()
+    keys = [k for k in sa if names is None or any(k.startswith(n + ".") for n in names)]
+    assert keys
+    return all(torch.equal(sa[k], sb[k]) for k in keys)
+
+
+def test_blocks_are_residual_blocks_and_single_layers(calibrated):
+    _, qm, _ = calibrated
     assert [b.name for b in blocks(qm)] == ["conv1", "layer1.0", "layer2.0", "layer3.0", "linear"]
-    x = torch.randn(16, 3, 32, 32)
-    with torch.no_grad():  # any grad mode
-        full = reconstruct(qm, x, iterations=4, batch_size=8, progress=False)
-    # an interrupted run: checkpoint holds 2 finished blocks, resumed from there
-    part = reconstruct(qm, x, iterations=4, batch_size=8, progress=False, checkpoint_dir=str(tmp_path))
-    saved = torch.load(tmp_path / "reconstruct.pt", weights_only=True)
-    assert saved["done"] == 5
-    resumed = reconstruct(qm, x, iterations=4, batch_size=8, progress=False, checkpoint_dir=str(tmp_path))
+
+
+def test_killed_run_resumed_from_checkpoint_equals_uninterrupted(calibrated, tmp_path, monkeypatch):
+    _, qm, x = calibrated
+    full = reconstruct(qm, x, **SETTINGS)
+    original = rc._reconstruct_block
+
+    def killed_at_block_3(qm_, sub, block, *args):
+        if block.index == 3:
+            raise KeyboardInterrupt("killed")
+        return original(qm_, sub, block, *args)
+
+    monkeypatch.setattr(rc, "_reconstruct_block", killed_at_block_3)
+    with pytest.raises(KeyboardInterrupt):
+        reconstruct(qm, x, checkpoint_dir=str(tmp_path), **SETTINGS)
+    saved = torch.load(tmp_path / rc.CHECKPOINT, weights_only=True)
+    assert saved["done"] == 3 and [e["block"] for e in saved["log"]] == ["conv1", "layer1.0", "layer2.0"]
+    monkeypatch.setattr(rc, "_reconstruct_block", original)
+    resumed = reconstruct(qm, x, checkpoint_dir=str(tmp_path), **SETTINGS)
+    assert _states_equal(full, resumed)
+    assert full.reconstruct_log == resumed.reconstruct_log
     with torch.no_grad():
-        torch.testing.assert_close(full(x), part(x))
-        torch.testing.assert_close(full(x), resumed(x))
-        y = full(x)
-        torch.testing.assert_close(convert(full)(x), y, atol=0.05 * float(y.abs().max()), rtol=0)
+        assert torch.equal(full(x), resumed(x))
+    # the model passed in is not modified
+    assert _states_equal(qm, calibrated[1]) and not hasattr(qm, "reconstruct_log")
+    # another setting does not resume from this checkpoint
+    with pytest.raises(ValueError, match="other settings"):
+        reconstruct(qm, x, checkpoint_dir=str(tmp_path), **dict(SETTINGS, iterations=5))
+
+
+def test_nan_loss_names_the_block_and_keeps_blocks_before(calibrated, monkeypatch):
+    _, qm, x = calibrated
+    full = reconstruct(qm, x, **SETTINGS)
+    original = rc._reconstruct_block
+
+    def inf_inputs_at_block_2(qm_, sub, block, x_q, *args):
+        if block.index == 2:
+            x_q = torch.full_like(x_q, float("inf"))
+        return original(qm_, sub, block, x_q, *args)
+
+    monkeypatch.setattr(rc, "_reconstruct_block", inf_inputs_at_block_2)
+    failed = copy.deepcopy(qm)
+    with pytest.raises(ReconstructionError, match=r"block 'layer2\.0'.*2 block\(s\) finished"):
+        reconstruct(failed, x, inplace=True, **SETTINGS)
+    units = blocks(qm)
+    before = [l for b in units[:2] for l in b.layers] + [a for b in units[:2] for a in b.act_quantizers]
+    after = [l for b in units[2:] for l in b.layers] + [a for b in units[2:] for a in b.act_quantizers]
+    assert _states_equal(failed, full, before)  # the finished blocks are kept as reconstructed
+    assert not _states_equal(qm, full, before)
+    assert _states_equal(failed, qm, after)  # the failed block and the ones after it are as calibrated
+    with torch.no_grad():
+        assert torch.isfinite(failed(x)).all()
+
+
+@pytest.mark.parametrize("mode", [torch.no_grad, torch.inference_mode])
+def test_any_grad_mode_gives_the_same_result(calibrated, mode):
+    _, qm, x = calibrated
+    plain = reconstruct(qm, x, **SETTINGS)
+    with mode():
+        other = reconstruct(qm, x.clone(), **SETTINGS)
+    assert _states_equal(plain, other)
+    assert torch.is_grad_enabled()
+
+
+def test_reconstruction_lowers_the_output_error_against_fp32(calibrated):
+    m, qm, x = calibrated
+    held_out = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    data = torch.randn(64, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    out = reconstruct(qm, data, iterations=60, batch_size=16, progress=False)
+    with torch.no_grad():
+        ref = m(held_out)
+        before = (qm(held_out) - ref).pow(2).mean()
+        after = (out(held_out) - ref).pow(2).mean()
+    assert after < 0.8 * before, (float(before), float(after))
+    first = [e["first_loss"] for e in out.reconstruct_log]
+    final = [e["final_loss"] for e in out.reconstruct_log]
+    assert sum(final) < sum(first)
+
+
+def test_result_is_on_grid_and_runs_on_the_int8_engine(calibrated):
+    _, qm, x = calibrated
+    out = reconstruct(qm, x, **SETTINGS)
+    for name, layer in pyquant.quant.graph.quant_layers(out).items():
+        q = layer.weight_quantizer
+        codes = layer.weight.detach() / q.scale.reshape([-1] + [1] * (layer.weight.dim() - 1))
+        torch.testing.assert_close(codes, codes.round(), atol=1e-4, rtol=0, msg=name)
+        assert codes.round().min() >= q.qmin and codes.round().max() <= q.qmax, name
+    with torch.no_grad():
+        y = out(x)
+        torch.testing.assert_close(convert(out)(x), y, atol=0.05 * float(y.abs().max()), rtol=0)

@@ -205,6 +205,19 @@ def reconstruct(qm: fx.GraphModule, data: Tensor, *, iterations: int = 500, batc
     arguments resumes after the last finished block and gives the same result as an uninterrupted run.
     Deterministic under ``seed``; runs in any grad mode. A NaN/Inf loss raises
     :class:`ReconstructionError` naming the block; the network keeps the blocks finished before it."""
+    # Gradients are needed whatever the caller's mode; an inference-mode caller's tensors are cloned into
+    # ordinary ones (inference tensors cannot be saved for backward).
+    with torch.inference_mode(False), torch.enable_grad():
+        return _reconstruct(qm, data.clone() if isinstance(data, Tensor) and data.is_inference() else data,
+                            iterations=iterations, batch_size=batch_size, lr_rounding=lr_rounding,
+                            lr_weight_step=lr_weight_step, lr_act_step=lr_act_step, reg_weight=reg_weight, beta=beta,
+                            warmup=warmup, qdrop_p=qdrop_p, learn_weight_step=learn_weight_step,
+                            learn_act_step=learn_act_step, seed=seed, checkpoint_dir=checkpoint_dir,
+                            progress=progress, inplace=inplace)
+
+
+def _reconstruct(qm, data, *, iterations, batch_size, lr_rounding, lr_weight_step, lr_act_step, reg_weight, beta,
+                 warmup, qdrop_p, learn_weight_step, learn_act_step, seed, checkpoint_dir, progress, inplace):
     if not isinstance(qm, fx.GraphModule):
         raise TypeError(f"reconstruct: qm must be a torch.fx.GraphModule from pyquant.quantize/prepare, got "
                         f"{type(qm).__name__}")
@@ -347,7 +360,7 @@ def _reconstruct_block(qm, sub, block, x_q, x_fp, iterations, batch_size, lr_rou
                     loss = rec + reg_weight * sum(w.regularizer(b) for w in weights.values())
                 if not bool(torch.isfinite(loss)):
                     raise ReconstructionError(f"reconstruct: block {block.name!r} (layers {block.layers}): loss is "
-                                              f"{float(loss)} at iteration {it}; the network keeps the "
+                                              f"{float(loss.detach())} at iteration {it}; the network keeps the "
                                               f"{block.index} block(s) finished before it")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
