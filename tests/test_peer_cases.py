@@ -92,11 +92,14 @@ def _histogram_estimators():
 def test_close_to_infinity_mask_survives_quantization(sign):
     # An attention mask of -3.4e30 (or +): quantized with the calibrated grid, softmax(input + mask)
     # is unchanged, so the zeros stay exactly 0 and the mask stays huge.
+    # The histogram estimators clip an unsigned grid at 0 (our post-ReLU convention, docs/robustness.md), so
+    # signed data take a signed asymmetric grid there; min-max keeps PyTorch's quint8 behaviour.
     mask = torch.tensor([-3.4028234663852886e30, 0.0, 0.0, 0.0]) * sign
-    for est in [calib.MinMaxEstimator(), calib.PercentileEstimator(percentile=100.0)]:
+    for est, (qmin, qmax) in [(calib.MinMaxEstimator(), (0, 255)),
+                              (calib.PercentileEstimator(percentile=100.0, symmetric=False), (-128, 127))]:
         est.observe(mask).observe(mask - sign)
-        scale, zp = est.qparams(0, 255)
-        dq = ops.fake_quant(mask, scale, zp, 0, 255)
+        scale, zp = est.qparams(qmin, qmax)
+        dq = ops.fake_quant(mask, scale, zp, qmin, qmax)
         assert torch.equal(dq[1:], torch.zeros(3)) and torch.isfinite(dq).all()
         inp = torch.randn(1, 4)
         torch.testing.assert_close(torch.softmax(inp + dq, 1), torch.softmax(inp + mask, 1))

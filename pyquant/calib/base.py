@@ -54,7 +54,8 @@ def qparams_from_range(lo: Tensor, hi: Tensor, qmin: int, qmax: int, symmetric: 
     with the conventions of ops.range_search: symmetric ``scale = max(-lo, hi) / qmax``, zero-point 0;
     asymmetric (range widened to include 0) ``scale = 2 * ((hi / 2 - lo / 2) / (qmax - qmin))`` (no
     overflow for a range of +-FLT_MAX; equal to ``(hi - lo) / (qmax - qmin)`` elsewhere),
-    ``zero_point = clamp(qmin - round(lo / scale), qmin, qmax)``. Scales are clamped by
+    ``zero_point = clamp(qmin - round(lo / scale), qmin, qmax)`` (for a range wider than the widest usable
+    grid, the grid centred on the range's midpoint). Scales are clamped by
     :func:`usable_scale`. A zero range gives scale 1, zero-point 0."""
     lo = torch.as_tensor(lo, dtype=torch.float32).reshape(-1).clamp(max=0.0)
     hi = torch.as_tensor(hi, dtype=torch.float32).reshape(-1).clamp(min=0.0)
@@ -65,11 +66,14 @@ def qparams_from_range(lo: Tensor, hi: Tensor, qmin: int, qmax: int, symmetric: 
     else:
         scale = 2.0 * ((0.5 * hi - 0.5 * lo) / float(qmax - qmin))
     dead = ~(scale > 0)
-    scale = torch.where(dead, torch.ones_like(scale), usable_scale(scale, qmin, qmax))
+    wanted, scale = scale, torch.where(dead, torch.ones_like(scale), usable_scale(scale, qmin, qmax))
     if symmetric:
         zero_point = torch.zeros_like(scale)
     else:
-        zero_point = torch.where(dead, torch.zeros_like(scale), (qmin - torch.round(lo / scale)).clamp(qmin, qmax))
+        # a range wider than the widest usable grid (near +-FLT_MAX) is clipped evenly at both ends
+        centred = torch.round(0.5 * (qmin + qmax) - (0.5 * hi + 0.5 * lo) / scale)
+        zero_point = torch.where(scale < wanted, centred, qmin - torch.round(lo / scale)).clamp(qmin, qmax)
+        zero_point = torch.where(dead, torch.zeros_like(scale), zero_point)
     return scale, zero_point.to(torch.int32)
 
 

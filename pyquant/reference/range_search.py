@@ -43,8 +43,10 @@ def candidate_params(rows: Tensor, qmin: int, qmax: int, symmetric: bool, num_ca
         return scale, torch.zeros_like(scale, dtype=torch.int32)
     lo_k = ratio[None, :] * lo[:, None]
     hi_k = ratio[None, :] * hi[:, None]
-    scale = usable_scale(2.0 * ((0.5 * hi_k - 0.5 * lo_k) / float(qmax - qmin)), qmin, qmax)
-    zero_point = (qmin - torch.round(lo_k / scale)).clamp(qmin, qmax)
+    wanted = 2.0 * ((0.5 * hi_k - 0.5 * lo_k) / float(qmax - qmin))
+    scale = usable_scale(wanted, qmin, qmax)
+    centred = torch.round(0.5 * (qmin + qmax) - (0.5 * hi_k + 0.5 * lo_k) / scale)  # a span wider than any grid
+    zero_point = torch.where(scale < wanted, centred, qmin - torch.round(lo_k / scale)).clamp(qmin, qmax)
     return scale, torch.nan_to_num(zero_point, nan=0.0).to(torch.int32)
 
 

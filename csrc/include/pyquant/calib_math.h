@@ -7,7 +7,9 @@
 //   asymmetric: lo = r_k * min(min x_c, 0),  hi = r_k * max(max x_c, 0),
 //               scale_k = 2 * ((hi / 2 - lo / 2) / (qmax - qmin)),
 // each scale clamped to quant_math.h's usable range [min_usable_scale, max_usable_scale(qmin, qmax)],
-//               zero_point_k = clamp(qmin - round_half_even(lo / scale_k), qmin, qmax)
+//               zero_point_k = clamp(qmin - round_half_even(lo / scale_k), qmin, qmax), or, where the scale
+//               was clamped below the span's (only near +-FLT_MAX), the grid centred on the span:
+//               zero_point_k = clamp(round_half_even((qmin + qmax) / 2 - (hi / 2 + lo / 2) / scale_k), qmin, qmax)
 // every step in float32 and in this order (the tests rebuild the same values with torch ops).
 //
 // histogram bin of x for the range [lo, hi) with `bins` bins, the expression torch.histc evaluates
@@ -62,8 +64,13 @@ PYQ_HOST_DEVICE AffineParams candidate_params(const ChannelSpan& s, bool symmetr
   const float lo = r * s.lo;
   const float hi = r * s.hi;
   // hi - lo overflows for a span of +-FLT_MAX: halve both first (exact for normal floats).
-  const float scale = clamp_usable_scale(2.0f * ((0.5f * hi - 0.5f * lo) / (qmax - qmin)), qmin, qmax);
-  const float zero_point = clamp_level(qmin - round_half_even(lo / scale), qmin, qmax);
+  const float wanted = 2.0f * ((0.5f * hi - 0.5f * lo) / (qmax - qmin));
+  const float scale = clamp_usable_scale(wanted, qmin, qmax);
+  // A span wider than the widest usable grid (near +-FLT_MAX) is clipped at both ends evenly: the grid is
+  // centred on the span's midpoint instead of starting at lo (which would clip every positive value).
+  const float zero_point = scale < wanted
+                               ? clamp_level(round_half_even(0.5f * (qmin + qmax) - (0.5f * hi + 0.5f * lo) / scale), qmin, qmax)
+                               : clamp_level(qmin - round_half_even(lo / scale), qmin, qmax);
   return make_affine_params(scale, zero_point, qmin, qmax);
 }
 
