@@ -1,8 +1,10 @@
-"""Guards shared by the public entry points: any grad mode the caller is in, validated batches."""
+"""Guards shared by the public entry points: any grad mode the caller is in, validated batches, input shapes
+that fit the model, writable output paths."""
 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional, Sequence
 
 import torch
@@ -51,3 +53,43 @@ def check_batch(name: str, value: Optional[Tensor], sample_shape: Sequence[int])
     if not bool(torch.isfinite(value).all()):
         raise ValueError(f"{name} must be finite, but it contains NaN or Inf")
     return value
+
+
+def check_input_fits(model: torch.nn.Module, shape: Sequence[int], device=None, who: str = "input_shape") -> None:
+    """Runs ``model`` once on a zero batch ``[2, *shape]`` (eval mode, no grad; the training flag restored, so
+    no BatchNorm statistic moves) and raises ``ValueError`` naming ``who`` when the shape does not fit."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros((2, *shape), device=device))
+    except Exception as err:
+        raise ValueError(f"{who} {tuple(shape)} does not fit the model: {type(err).__name__}: {err}") from err
+    finally:
+        model.train(was_training)
+
+
+def check_output_path(who: str, path) -> str:
+    """``path`` must be a str / os.PathLike whose folder exists and is writable; returns it as a str."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"{who}: path must be a str or os.PathLike, got {type(path).__name__}")
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"{who}: path {path} is a folder; give a file name")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{who}: the folder of path {path} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"{who}: the folder of path {path} is not writable")
+    return path
+
+
+def check_sample_shape(input_shape) -> tuple:
+    """``input_shape`` (C, H, W, or any positive sizes of one sample) as a tuple of ints."""
+    try:
+        shape = tuple(int(s) for s in input_shape)
+    except (TypeError, ValueError):
+        raise TypeError(f"input_shape must be a sequence of ints (C, H, W), got {input_shape!r}") from None
+    if not shape or any(s < 1 for s in shape):
+        raise ValueError(f"input_shape must hold positive sizes (C, H, W), got {input_shape!r}")
+    return shape

@@ -312,11 +312,7 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
         n_relu6 = qgraph.replace_relu6(fp) if recipe.relu6_to_relu else 0
         gm = qgraph.trace(fp)
         qgraph.check_supported(gm)
-        try:
-            with torch.no_grad():
-                gm(torch.zeros((2,) + shape, device=device))
-        except Exception as err:
-            raise ValueError(f"input_shape {shape} does not fit the model: {type(err).__name__}: {err}") from err
+        _guards.check_input_fits(gm, shape, device)
         has_bn = any(isinstance(m, qgraph.BN_LAYERS) for m in gm.modules())
     if data is None and recipe.data is not None:
         if not has_bn:

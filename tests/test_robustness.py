@@ -141,7 +141,7 @@ def test_fake_quant_rejects_scales_with_infinite_reciprocal(scale):
 def test_fake_quant_smallest_usable_scale_gives_no_nan():
     x = torch.tensor([0.0, F32.tiny, -F32.tiny * 100, 1.0, -FLT_MAX])
     for name, call in _fake_quant_variants(torch.stack([x, x, x]), F32.tiny):
-        y = call()
+        y = call().detach()
         assert torch.isfinite(y).all(), name
         assert float(y[0, 0]) == 0.0 and float(y[0, 1]) == F32.tiny, name
 
@@ -464,3 +464,49 @@ def test_int8_load_of_incomplete_or_corrupt_files_raises_clearly(tmp_path, refer
             int8.load(str(bad))
     with pytest.raises(FileNotFoundError):
         int8.load(str(tmp_path / "nope.safetensors"))
+
+
+def test_int8_save_and_export_validate_paths_and_models(tmp_path, reference_quantized):
+    model, fq = reference_quantized
+    q = int8.convert(fq)
+    for call, who in ((lambda p: int8.save(q, p), "save"),
+                      (lambda p: int8.export_onnx(q, p, input_shape=SHAPE), "export_onnx")):
+        with pytest.raises(ValueError, match=f"{who}: the folder of path .* does not exist"):
+            call(str(tmp_path / "missing" / "m.bin"))
+        with pytest.raises(ValueError, match=f"{who}: path .* is a folder"):
+            call(str(tmp_path))
+        with pytest.raises(TypeError, match=f"{who}: path must be a str"):
+            call(3)
+        assert not any(tmp_path.iterdir())  # nothing half-written
+    with pytest.raises(TypeError, match="fake-quant network; pass the result of pyquant.int8.convert"):
+        int8.export_onnx(fq, str(tmp_path / "m.onnx"), input_shape=SHAPE)
+    with pytest.raises(ValueError, match=r"input_shape \(5, 16, 16\) does not fit the model"):
+        int8.export_onnx(q, str(tmp_path / "m.onnx"), input_shape=(5, 16, 16))
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+def test_int8_save_load_export_in_any_grad_mode_leave_the_model_alone(tmp_path, mode, reference_quantized):
+    _, fq = reference_quantized
+    q = int8.convert(fq)
+    before = _state(q)
+    x = torch.randn(2, *SHAPE)
+    with GRAD_MODES[mode]():
+        int8.save(q, str(tmp_path / "m.safetensors"))
+        loaded = int8.load(str(tmp_path / "m.safetensors"))
+        int8.export_onnx(q, str(tmp_path / "m.onnx"), input_shape=SHAPE)
+    _assert_same_state(q, before)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), q(x))
+    assert (tmp_path / "m.onnx").stat().st_size > 0
+
+
+@pytest.mark.parametrize("method", ["zeroq", "dsg", "aac", "genie"])
+def test_distill_rejects_an_input_shape_that_does_not_fit_and_keeps_the_model(method):
+    model = resnet8().train()
+    before = _state(model)
+    with pytest.raises(ValueError, match=r"input_shape \(4, 16, 16\) does not fit the model"):
+        getattr(pyquant.distill, method)(model, 2, (4, 16, 16), batch_size=2, iterations=1, progress=False)
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+        getattr(pyquant.distill, method)("resnet", 2, SHAPE, batch_size=2, iterations=1, progress=False)
+    _assert_same_state(model, before)
+    assert model.training  # the check ran in eval mode and restored the caller's flag

@@ -8,22 +8,23 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from pyquant.distill.hooks import batch_seed, seeded
+from pyquant._guards import check_input_fits, check_sample_shape
+from pyquant.distill.hooks import batch_seed, model_device, seeded
 
 
-def check_common(num_samples, input_shape, batch_size, iterations) -> tuple:
+def check_common(num_samples, input_shape, batch_size, iterations, model=None) -> tuple:
+    """The generators' shared arguments, validated; ``model`` given: ``input_shape`` must fit it."""
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
         raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 0:
         raise ValueError(f"iterations must be an int >= 0, got {iterations!r}")
-    try:
-        shape = tuple(int(s) for s in input_shape)
-    except TypeError:
-        raise TypeError(f"input_shape must be a sequence of ints (C, H, W), got {input_shape!r}") from None
-    if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"input_shape must hold positive sizes (C, H, W), got {input_shape!r}")
+    shape = check_sample_shape(input_shape)
+    if model is not None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_input_fits(model, shape, model_device(model))
     return shape
 
 

@@ -48,7 +48,7 @@ def aac(
 ) -> Tensor:
     """``num_samples`` AAC images for ``model`` (see the module docstring). ``label_weight > 0`` adds
     cross-entropy on random labels (optional)."""
-    shape = check_common(num_samples, input_shape, batch_size, iterations)
+    shape = check_common(num_samples, input_shape, batch_size, iterations, model)
     device = model_device(model)
     was_training = model.training
     model.eval()

@@ -72,7 +72,7 @@ def dsg(
     progress: bool = True,
 ) -> Tensor:
     """``num_samples`` DSG images (SDA margins + LSE weights) for ``model``."""
-    shape = check_common(num_samples, input_shape, batch_size, iterations)
+    shape = check_common(num_samples, input_shape, batch_size, iterations, model)
     device = model_device(model)
     num_layers = len(bn_layers(model))
     was_training = model.training

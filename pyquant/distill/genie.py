@@ -90,7 +90,7 @@ def genie(
 ) -> Tensor:
     """``num_samples`` Genie images for ``model``: a fresh generator and latents per batch.
     ``label_weight > 0`` adds cross-entropy on random labels (optional)."""
-    shape = check_common(num_samples, input_shape, batch_size, iterations)
+    shape = check_common(num_samples, input_shape, batch_size, iterations, model)
     if len(shape) != 3:
         raise ValueError(f"genie: input_shape must be (C, H, W), got {input_shape!r}")
     device = model_device(model)

@@ -53,7 +53,7 @@ def zeroq(
     """``num_samples`` ZeroQ images of shape ``input_shape`` (C, H, W) for ``model`` (eval mode; not
     modified). ``label_weight > 0`` adds cross-entropy on random labels (optional, not in ZeroQ).
     Fixed ``seed`` -> identical data on the same machine and thread count."""
-    shape = check_common(num_samples, input_shape, batch_size, iterations)
+    shape = check_common(num_samples, input_shape, batch_size, iterations, model)
     device = model_device(model)
     was_training = model.training
     model.eval()

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from pyquant._guards import check_input_fits, check_output_path, check_sample_shape
+from pyquant.quant.quantizer import FakeQuantizer
 from pyquant.int8.modules import Add, AvgPool2d, Conv2d, Dequantize, Grid, Linear, Quantize, relu6_code
 
 OPSET = 17
@@ -243,9 +245,14 @@ def export_onnx(model: fx.GraphModule, path: str, input_shape=(3, 32, 32)) -> No
     if not isinstance(model, fx.GraphModule):
         raise TypeError(f"export_onnx: model must be the GraphModule from pyquant.int8.convert, "
                         f"got {type(model).__name__}")
+    if any(isinstance(m, FakeQuantizer) for m in model.modules()):
+        raise TypeError("export_onnx: model is a fake-quant network; pass the result of pyquant.int8.convert(model)")
+    path = check_output_path("export_onnx", path)
+    shape = check_sample_shape(input_shape)
+    check_input_fits(model, shape)
     with torch.no_grad():
-        ys = model(torch.zeros((1, *input_shape)))
+        ys = model(torch.zeros((1, *shape)))
     ranks = [y.dim() for y in (ys if isinstance(ys, (tuple, list)) else [ys])]
-    proto = _Builder(model).build(tuple(input_shape), ranks)
+    proto = _Builder(model).build(shape, ranks)
     onnx.checker.check_model(proto)
     onnx.save(proto, path)

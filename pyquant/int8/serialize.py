@@ -15,6 +15,7 @@ from typing import Any, Dict
 import torch
 from torch import fx, nn
 
+from pyquant._guards import check_output_path
 from pyquant.int8.modules import INT8_MODULES
 
 FORMAT = "pyquant.int8"
@@ -152,6 +153,7 @@ def save(model: fx.GraphModule, path: str) -> None:
         raise TypeError(f"save: model must be the GraphModule from pyquant.int8.convert, got {type(model).__name__}")
     if any(n.op == "get_attr" for n in model.graph.nodes):
         raise ValueError("save: the int8 graph has get_attr nodes, which cannot be stored")
+    path = check_output_path("save", path)
     tensors: Dict[str, torch.Tensor] = {}
     modules = {}
 

@@ -15,6 +15,7 @@ from typing import Dict, Optional
 import torch
 from torch import fx, nn
 
+from pyquant._guards import check_output_path
 from pyquant.int8.serialize import _PLAIN, _decode, _encode, decode_graph, encode_graph
 from pyquant.quant.modules import QuantConv2d, QuantLinear
 from pyquant.quant.quantizer import FakeQuantizer
@@ -64,6 +65,7 @@ def save(model: fx.GraphModule, path: str, metadata: Optional[dict] = None) -> N
 
     if not isinstance(model, fx.GraphModule):
         raise TypeError(f"save: model must be the GraphModule from pyquant.quantize, got {type(model).__name__}")
+    path = check_output_path("save", path)
     tensors: Dict[str, torch.Tensor] = {}
     # every module, parents before children (named_modules' order), so load can attach each to its parent
     modules = {name: _module_entry(name, m, tensors) for name, m in model.named_modules() if name}
