@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Sequence, Tuple
@@ -265,7 +266,7 @@ class _StepTimer:
         self.p.log.append({"step": self.step, "seconds": dt, "detail": self.detail})
         if self.p.enabled:
             print(f"[pyquant.quantize] {self.p.k}/{len(self.p.steps)} {self.step:<32} {dt:7.2f} s  {self.detail}",
-                  flush=True)
+                  file=sys.stderr, flush=True)
         return False
 
 
@@ -440,7 +441,7 @@ def _quantize_selecting(model, recipe: Recipe, *, w_bits, a_bits, shape, seed, p
         data, holdout = (generated[:n], generated[n:]) if holdout is None else (generated[:n], holdout)
         if progress:
             print(f"[pyquant.quantize] distill:{own.data} {n} + {recipe.select_holdout} held-out samples "
-                  f"{time.perf_counter() - t0:7.2f} s", flush=True)
+                  f"{time.perf_counter() - t0:7.2f} s", file=sys.stderr, flush=True)
     elif holdout is None:
         h = min(recipe.select_holdout, data.shape[0] // 4)
         data, holdout = (data, data) if h < 1 else (data[:-h], data[-h:])

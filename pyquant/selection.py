@@ -15,6 +15,7 @@ to the FP32 output's power (1 / SQNR) instead. The report lists every candidate,
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import List
@@ -123,7 +124,7 @@ def select(fp_model: nn.Module, builders, holdout: Tensor, progress: bool = True
         rows.append({"recipe": name, "divergence": div, "seconds": time.perf_counter() - t0})
         if progress:
             print(f"[pyquant.quantize] select  {name:<24} {signal} {div:.5g}  {rows[-1]['seconds']:7.2f} s",
-                  flush=True)
+                  file=sys.stderr, flush=True)
         if best is None or div < best_div:
             best, best_div, chosen = q, div, name
     described = SIGNALS[signal]

@@ -41,7 +41,7 @@ def test_quantize_with_data_recipes(recipe, capsys):
     model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     q = pyquant.quantize(model, recipe, w_bits=8, a_bits=8, input_shape=(3, 16, 16), **FAST)
-    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("[pyquant.quantize]")]
+    lines = [l for l in capsys.readouterr().err.splitlines() if l.startswith("[pyquant.quantize]")]
     assert len(lines) == len(q.recipe.steps)
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k

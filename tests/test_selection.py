@@ -92,7 +92,7 @@ def test_selecting_recipe_generates_its_held_out_samples_and_passes_the_conventi
     model = bn_stats_from_data(mobilenet(), torch.randn(256, 3, 16, 16))
     recipe = pyquant.RECIPES["best"].replace(select_among=("dfq",), select_holdout=4)
     q = pyquant.quantize(model, recipe, w_bits=6, a_bits=6, input_shape=(3, 16, 16), first_last_bits=8, **FAST)
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # progress goes to stderr (stdout stays clean for --json)
     assert "8 + 4 held-out samples" in out and out.count("[pyquant.quantize] select") == 2
     assert q.quant_report.selection.holdout_samples == 4
     bits = [r.weight_bits for r in q.quant_report.layers]
