@@ -12,6 +12,12 @@ Baselines (named in each case's ``impl``):
   * ``model-only``: forward + backward of the network from its logits, no BN loss (the floor; used
     by report_distill.py for the BN-loss share of an iteration).
 One ZeroQ iteration = forward with the BN hooks + loss + backward to the input + Adam step.
+
+MobileNetV2 at 224x224 (issue 13's "distillation at ImageNet size"), batch 8, one ZeroQ iteration in three
+execution modes in the same run: ``fp32`` (today's path: NCHW float32), ``channels_last`` (NHWC memory format for
+the network and the images) and ``bf16`` (``torch.autocast`` bfloat16 around the forward; the BN loss and the
+images stay float32). Each case records its loss trajectory (``extra_info["losses"]``) so the modes can be
+compared on the BN-loss values as well as on time.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pyquant.distill import BNStatHooks
 from pyquant.distill._loop import own_input_term
 from pyquant.distill.hooks import eager_bn_stat_loss
 from pyquant.models import fit_bn_statistics, resnet_cifar
+from pyquant.models.mobilenet_v2 import mobilenet_v2
 
 # Subnormal gradients make CPU convolutions ~10x slower; the generators flush them, so do the cases.
 torch.set_flush_denormal(True)
@@ -158,3 +165,46 @@ def test_zeroq_iteration(benchmark, name, impl):
             hooks.__exit__(None, None, None)
         for p in _MODELS[name][0].parameters():
             p.requires_grad_(True)
+
+
+# -------------------------------------------------------------- MobileNetV2 224x224: execution modes
+
+MODES = ("fp32", "channels_last", "bf16")
+
+
+def mobilenet224_step_case(mode, losses):
+    if "mobilenet_v2" not in _MODELS:
+        torch.manual_seed(0)
+        _MODELS["mobilenet_v2"] = (fit_bn_statistics(mobilenet_v2(), (3, 224, 224)), (3, 224, 224), 8)
+    model, shape, batch = _MODELS["mobilenet_v2"]
+    memory_format = torch.channels_last if mode == "channels_last" else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    x = torch.randn((batch,) + shape, generator=torch.Generator().manual_seed(1))
+    x = x.contiguous(memory_format=memory_format).requires_grad_()
+    opt = torch.optim.Adam([x], lr=0.5)
+    hooks = BNStatHooks(model, per_sample=True, unbiased=True)
+    hooks.__enter__()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+            model(x)
+        loss = hooks.total() + own_input_term(x)
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+
+    return step, hooks
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_zeroq_iteration_mobilenet_v2_224(benchmark, mode):
+    benchmark.group = "zeroq iteration mobilenet_v2 224x224 batch 8"
+    losses = []
+    step, hooks = mobilenet224_step_case(mode, losses)
+    try:
+        benchmark.pedantic(step, rounds=4, iterations=1, warmup_rounds=1)
+    finally:
+        hooks.__exit__(None, None, None)
+        _MODELS["mobilenet_v2"][0].to(memory_format=torch.contiguous_format)
+    benchmark.extra_info.update(kind="zeroq_iteration", model="mobilenet_v2_224", impl=mode, losses=losses)

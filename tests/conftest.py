@@ -8,6 +8,16 @@ def _seed():
     yield
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny tensors: avoids OpenMP oversubscription on a shared 2-core machine);
+    a module opts in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def make_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     """The same values as t in another memory layout."""
     if layout == "contiguous":

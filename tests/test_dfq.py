@@ -12,12 +12,7 @@ from pyquant.quant import (QuantSpec, fold_bn, prepare, quant_layers, quantize_w
 from nets import assert_close_rel, bn_stats_from_data, mobilenet, resnet8, sequential_cnn
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _equalized(model):

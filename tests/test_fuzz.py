@@ -24,12 +24,7 @@ SPECIAL = [0.0, -0.0, F32.max, -F32.max, F32.tiny, -F32.tiny, 1e-40, -1e-45, flo
 FUZZ = settings(max_examples=50, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def floats(allow_nonfinite=True):

@@ -15,12 +15,7 @@ NETS = {"resnet8": resnet8, "mobilenet": mobilenet, "sequential": sequential_cnn
         "torchvision": torchvision_style_resnet}
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("net", sorted(NETS))

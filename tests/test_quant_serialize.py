@@ -12,12 +12,7 @@ from pyquant.quant import act_quantizers, quant_layers, serialize
 from tests.nets import resnet8
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # dfq: CLE, bias correction, BN-derived ranges; squant: weight_fp buffers (weights replaced by on-grid values);

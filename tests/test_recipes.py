@@ -12,12 +12,7 @@ from nets import bn_stats_from_data, mobilenet, no_bn_cnn, resnet8, torchvision_
 FAST = dict(num_samples=8, data_iterations=3, data_batch_size=8)
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_recipes_are_dataclasses_listing_their_steps():

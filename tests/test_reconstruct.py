@@ -13,7 +13,7 @@ from pyquant.finetune import ReconstructionError, blocks, reconstruct
 from pyquant.int8 import convert
 
 import nets
-from test_recipes import _threads  # noqa: F401  (one thread: the machine is shared)
+pytestmark = pytest.mark.usefixtures("one_thread")  # the machine is shared
 
 rc = importlib.import_module("pyquant.finetune.reconstruct")  # the package exports the function of that name
 

@@ -20,12 +20,7 @@ FLT_MAX = F32.max
 SUBNORMAL = 1e-40  # < F32.tiny: finite, > 0, 1 / SUBNORMAL = inf in float32
 
 
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def histogram_float64(x: torch.Tensor, bins: int, lo: float, hi: float) -> torch.Tensor:

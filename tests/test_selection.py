@@ -11,7 +11,9 @@ from pyquant.selection import output_divergence, select
 
 from nets import bn_stats_from_data, mobilenet, resnet8
 
-from test_recipes import FAST, _threads  # noqa: F401  (the same tiny settings, one thread)
+from test_recipes import FAST  # the same tiny settings
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _kl_float64_loop(p_logits, q_logits):
