@@ -505,3 +505,15 @@ def test_distill_rejects_an_input_shape_that_does_not_fit_and_keeps_the_model(me
         getattr(pyquant.distill, method)("resnet", 2, SHAPE, batch_size=2, iterations=1, progress=False)
     _assert_same_state(model, before)
     assert model.training  # the check ran in eval mode and restored the caller's flag
+
+
+@pytest.mark.parametrize("step", [
+    lambda bad: pyquant.dfq.cross_layer_equalization(bad),
+    lambda bad: pyquant.dfq.absorb_high_bias(bad, {}),
+    lambda bad: pyquant.dfq.analytic_bias_correction(bad, {}),
+    lambda bad: pyquant.dfq.empirical_bias_correction(bad, resnet8(), torch.zeros(1, *SHAPE)),
+    lambda bad: pyquant.dfq.adaptive_bn(bad, {}, torch.zeros(1, *SHAPE)),
+])
+def test_recipe_steps_reject_a_model_that_is_not_a_module(step):
+    with pytest.raises(TypeError, match="model must be a torch.nn.Module, got str"):
+        step("resnet8")

@@ -69,6 +69,7 @@ class _NamingTracer(fx.Tracer):
 def trace(model: nn.Module) -> fx.GraphModule:
     """``torch.fx`` GraphModule of ``model`` (shares its submodules); a ValueError naming the module
     that could not be traced otherwise."""
+    _require_module("model", model)
     if isinstance(model, fx.GraphModule):
         return model
     tracer = _NamingTracer()
@@ -326,7 +327,14 @@ def prepare(model: nn.Module, weight_spec: QuantSpec, act_spec: Optional[QuantSp
     return gm
 
 
+def _require_module(name: str, value) -> None:
+    # the recipe steps (pyquant.dfq) start here: a clear error instead of one from deep inside fx or named_modules
+    if not isinstance(value, nn.Module):
+        raise TypeError(f"{name} must be a torch.nn.Module, got {type(value).__name__}")
+
+
 def quant_layers(gm: nn.Module) -> Dict[str, nn.Module]:
+    _require_module("model", gm)
     return {n: m for n, m in gm.named_modules() if isinstance(m, QUANT_LAYERS)}
 
 
