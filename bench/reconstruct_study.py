@@ -59,6 +59,10 @@ SETTINGS = {
     # no reconstruction, but recipe best's calibration (SQuant rounding, ABN, no selection) on the same data
     "none_best": {"reconstruct": None, "weight_rounding": "squant", "abn": True, "abn_after_activations": True,
                   "abn_below_bits": 8, "abn_bn_weight": 0.5},
+    # base and noact again, run after the fix of the pooled features' tied quantizer in reconstruct (it quantized
+    # the last block's FP32 target and did not follow its source's learned step); every run above is before it
+    "base_fixed": {},
+    "noact_fixed": {"reconstruct": {"learn_act_step": False}},
     "chosen": {},
 }
 
