@@ -51,6 +51,18 @@ SETTINGS = {
     "lr3e-3": {"reconstruct": {"lr_rounding": 3e-3, "lr_weight_step": 3e-3, "lr_act_step": 3e-3}},
     "lr3e-4": {"reconstruct": {"lr_rounding": 3e-4, "lr_weight_step": 3e-4, "lr_act_step": 3e-4}},
     "distill100": {"data_iterations": 100},
+    # the same recipe (same data, same calibration) with reconstruction off: the baseline reconstruction must beat
+    "none": {"reconstruct": None},
+    "noact": {"reconstruct": {"learn_act_step": False}},
+    "nostep": {"reconstruct": {"learn_weight_step": False}},
+    "reg0.1": {"reconstruct": {"reg_weight": 0.1}},
+    # no reconstruction, but recipe best's calibration (SQuant rounding, ABN, no selection) on the same data
+    "none_best": {"reconstruct": None, "weight_rounding": "squant", "abn": True, "abn_after_activations": True,
+                  "abn_below_bits": 8, "abn_bn_weight": 0.5},
+    # base and noact again, run after the fix of the pooled features' tied quantizer in reconstruct (it quantized
+    # the last block's FP32 target and did not follow its source's learned step); every run above is before it
+    "base_fixed": {},
+    "noact_fixed": {"reconstruct": {"learn_act_step": False}},
     "chosen": {},
 }
 
@@ -64,6 +76,8 @@ def subset(images, labels, which: str):
 def recipe_for(setting: str, checkpoint_dir: str):
     base = pyquant.RECIPES["brecq"]
     changes = dict(SETTINGS[setting])
+    if "reconstruct" in changes and changes["reconstruct"] is None:  # reconstruction off
+        return base.replace(**changes)
     rec = dict(base.reconstruct)
     rec.update(changes.pop("reconstruct", {}))
     rec["checkpoint_dir"] = checkpoint_dir
@@ -138,10 +152,11 @@ def main(argv=None):
                                             "quantize_s": quantize_s, "resumed": resumed,
                                             "recipe": {"num_samples": recipe.num_samples,
                                                        "data_iterations": recipe.data_iterations,
-                                                       "reconstruct": {k: v for k, v in recipe.reconstruct.items()
-                                                                       if k != "checkpoint_dir"}},
+                                                       "reconstruct": None if recipe.reconstruct is None else
+                                                       {k: v for k, v in recipe.reconstruct.items()
+                                                        if k != "checkpoint_dir"}},
                                             "block_losses": [(b["block"], b["first_loss"], b["final_loss"])
-                                                             for b in q.reconstruct_log]}
+                                                             for b in getattr(q, "reconstruct_log", [])]}
                     save_json(args.out, results)
                     r = results["runs"][key]
                     print(f"{key}: {r['top1']:.2f} % (distill {distill_s:.0f} s + quantize {quantize_s:.0f} s)",

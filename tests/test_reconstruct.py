@@ -131,3 +131,32 @@ def test_result_is_on_grid_and_runs_on_the_int8_engine(calibrated):
     with torch.no_grad():
         y = out(x)
         torch.testing.assert_close(convert(out)(x), y, atol=0.05 * float(y.abs().max()), rtol=0)
+
+
+def test_tied_quantizer_is_fp32_in_the_targets_and_shares_its_source_step(calibrated, monkeypatch):
+    """The pooled features' quantizer is tied to the one before the pooling (same grid). The FP32 targets must
+    be the FP32 network's (the last block's target is its output, not one computed on 4-bit pooled features),
+    and in training the tied quantizer must use its source's learned step: the network trained is the one
+    written back (resolve_ties gives it the source's final step)."""
+    m, qm, x = calibrated
+    targets, original = {}, rc._reconstruct_block
+
+    def recording(qm_, sub, block, *args):
+        entry, y_fp = original(qm_, sub, block, *args)
+        targets[block.name] = y_fp
+        return entry, y_fp
+
+    monkeypatch.setattr(rc, "_reconstruct_block", recording)
+    out = reconstruct(qm, x, **SETTINGS)
+    with torch.no_grad():
+        nets.assert_close_rel(targets["linear"], copy.deepcopy(m).eval()(x), 1e-4)
+    last = blocks(qm)[-1]
+    tied = {a: qm.get_submodule(a).tied_to for a in last.act_quantizers if qm.get_submodule(a).tied_to}
+    assert tied and all(src in last.act_quantizers for src in tied.values())
+    work = copy.deepcopy(qm)
+    weights, acts = rc._swap(work, last, 0.0, None)
+    for name, src in tied.items():
+        assert acts[name].step_mult is acts[src].step_mult
+    rc._restore(work, weights, acts, finalize=False)
+    for name, src in tied.items():
+        torch.testing.assert_close(out.get_submodule(name).scale, out.get_submodule(src).scale)

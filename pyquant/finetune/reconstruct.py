@@ -158,6 +158,7 @@ class _LearnedActivation(nn.Module):
         self.qdrop_p, self.generator = qdrop_p, generator
         self.fp = False
         self.drop = False
+        self.tied = False  # a tied quantizer's stand-in: its step is its source's (not a parameter of its own)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.fp:
@@ -299,7 +300,21 @@ def _swap(qm, block, qdrop_p, generator):
         q = qm.get_submodule(name)
         if getattr(q, "tied_to", None) is None and q.enabled:
             acts[name] = _LearnedActivation(q, qdrop_p, generator)
-            setattr(qm, name, acts[name])
+    for name in block.act_quantizers:
+        q = qm.get_submodule(name)
+        src = getattr(q, "tied_to", None)
+        if src is not None and q.enabled:
+            # A tied quantizer keeps its source's grid (int8 engines requantize pooling onto it). It needs a
+            # stand-in too: it must pass FP32 through when the FP32 targets are computed, and, its source in
+            # this block, share the source's learned step, so that the network trained is the one written back
+            # (resolve_ties). A source in an earlier block is final: its step stays (step_mult is not learned).
+            acts[name] = _LearnedActivation(q, qdrop_p, generator)
+            acts[name].tied = True
+            if src in acts and not acts[src].tied and (q.qmin, q.qmax) == (acts[src].quantizer.qmin,
+                                                                          acts[src].quantizer.qmax):
+                acts[name].step_mult = acts[src].step_mult
+    for name, a in acts.items():
+        setattr(qm, name, a)
     return weights, acts
 
 
@@ -316,8 +331,10 @@ def _restore(qm, weights, acts, finalize: bool):
                 m.set_rounded_weight(w(m.weight))
     for name, a in acts.items():
         setattr(qm, name, a.quantizer)
-        if finalize:
+        if finalize and not a.tied:
             a.quantizer.set_qparams((a.s0 * a.step_mult).detach(), a.quantizer.zero_point)
+    if finalize:
+        qgraph.resolve_ties(qm)  # tied quantizers (this block's or a later one's) follow the learned steps
 
 
 def _run_float(qm, sub, block, x, batch_size):
@@ -339,8 +356,9 @@ def _reconstruct_block(qm, sub, block, x_q, x_fp, iterations, batch_size, lr_rou
     groups = [{"params": [w.v for w in weights.values()], "lr": lr_rounding}]
     if learn_weight_step:
         groups.append({"params": [w.step_mult for w in weights.values()], "lr": lr_weight_step})
-    if learn_act_step and acts:
-        groups.append({"params": [a.step_mult for a in acts.values()], "lr": lr_act_step})
+    learned_acts = [a for a in acts.values() if not a.tied]
+    if learn_act_step and learned_acts:
+        groups.append({"params": [a.step_mult for a in learned_acts], "lr": lr_act_step})
     opt = torch.optim.Adam(groups)
     for a in acts.values():
         a.drop = True
@@ -366,7 +384,7 @@ def _reconstruct_block(qm, sub, block, x_q, x_fp, iterations, batch_size, lr_rou
                 loss.backward()
                 opt.step()
                 with torch.no_grad():
-                    for p in [w.step_mult for w in weights.values()] + [a.step_mult for a in acts.values()]:
+                    for p in [w.step_mult for w in weights.values()] + [a.step_mult for a in learned_acts]:
                         p.clamp_(min=1e-3)
                 first = float(rec.detach()) if first is None else first
                 final = float(rec.detach())
