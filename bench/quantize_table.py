@@ -33,7 +33,7 @@ from pyquant.models import resnet_cifar  # noqa: E402
 
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th",
                "resnet44": "resnet44-014dd654.th", "resnet56": "resnet56-4bfd9763.th"}
-CONFIGS = {"W8A8": (8, 8), "W6A6": (6, 6), "W4A8": (4, 8), "W4A4": (4, 4)}
+CONFIGS = {"W8A8": (8, 8), "W6A6": (6, 6), "W4A8": (4, 8), "W4A4": (4, 4), "W3A3": (3, 3), "W2A4": (2, 4)}
 
 
 def save_json(path, obj):
@@ -110,7 +110,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", default=["resnet20"], choices=sorted(CHECKPOINTS))
     p.add_argument("--recipes", nargs="+", default=sorted(pyquant.RECIPES))
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--configs", nargs="+", default=["W8A8", "W6A6", "W4A8", "W4A4"], choices=list(CONFIGS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--num-samples", type=int, default=128)
     p.add_argument("--iterations", type=int, default=200)
