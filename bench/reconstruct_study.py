@@ -63,6 +63,15 @@ SETTINGS = {
     # the last block's FP32 target and did not follow its source's learned step); every run above is before it
     "base_fixed": {},
     "noact_fixed": {"reconstruct": {"learn_act_step": False}},
+    # reconstruction (activation steps not learned) starting from none_best's calibration instead of brecq's
+    "best_noact": {"weight_rounding": "squant", "abn": True, "abn_after_activations": True, "abn_below_bits": 8,
+                   "abn_bn_weight": 0.5, "reconstruct": {"learn_act_step": False}},
+    "best_noact_qdrop0": {"weight_rounding": "squant", "abn": True, "abn_after_activations": True,
+                          "abn_below_bits": 8, "abn_bn_weight": 0.5,
+                          "reconstruct": {"learn_act_step": False, "qdrop_p": 0.0}},
+    "best_noact_it250": {"weight_rounding": "squant", "abn": True, "abn_after_activations": True,
+                         "abn_below_bits": 8, "abn_bn_weight": 0.5,
+                         "reconstruct": {"learn_act_step": False, "iterations": 250}},
     "chosen": {},
 }
 
