@@ -61,31 +61,39 @@ def target_fake_quant():
     return n, raised
 
 
-def target_fake_quant_lsq():
-    from pyquant import ops
+def _every_tensor_and_scale(make_call):
+    """Runs ``make_call(x, s)()`` for every extreme tensor x and scale s; (cases, raised)."""
     n = raised = 0
     for x in extreme_tensors():
         for s in SCALES:
-            def call():
-                xs = x.float().requires_grad_()
-                sc = torch.tensor([s], requires_grad=True)
-                ops.fake_quant_lsq(xs, sc, torch.zeros(1, requires_grad=True), -128, 127).sum().backward()
             n += 1
-            raised += _run(call)
+            raised += _run(make_call(x, s))
     return n, raised
+
+
+def target_fake_quant_lsq():
+    from pyquant import ops
+
+    def make_call(x, s):
+        def call():
+            xs = x.float().requires_grad_()
+            sc = torch.tensor([s], requires_grad=True)
+            ops.fake_quant_lsq(xs, sc, torch.zeros(1, requires_grad=True), -128, 127).sum().backward()
+        return call
+
+    return _every_tensor_and_scale(make_call)
 
 
 def target_fake_quant_pact():
     from pyquant import ops
-    n = raised = 0
-    for x in extreme_tensors():
-        for a in SCALES:
-            def call():
-                al = torch.tensor([a], requires_grad=True)
-                ops.fake_quant_pact(x.float().requires_grad_(), al, 8).sum().backward()
-            n += 1
-            raised += _run(call)
-    return n, raised
+
+    def make_call(x, a):
+        def call():
+            al = torch.tensor([a], requires_grad=True)
+            ops.fake_quant_pact(x.float().requires_grad_(), al, 8).sum().backward()
+        return call
+
+    return _every_tensor_and_scale(make_call)
 
 
 def target_histogram():
