@@ -72,6 +72,10 @@ SETTINGS = {
     "best_noact_it250": {"weight_rounding": "squant", "abn": True, "abn_after_activations": True,
                          "abn_below_bits": 8, "abn_bn_weight": 0.5,
                          "reconstruct": {"learn_act_step": False, "iterations": 250}},
+    # best_noact again after reconstruct takes its targets from the FP32 network (fp_model; before, ABN's shifted
+    # float network was the target)
+    "best_noact_fptarget": {"weight_rounding": "squant", "abn": True, "abn_after_activations": True,
+                            "abn_below_bits": 8, "abn_bn_weight": 0.5, "reconstruct": {"learn_act_step": False}},
     "chosen": {},
 }
 

@@ -391,7 +391,7 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
         from pyquant.finetune import reconstruct
 
         with step("reconstruct", f"{len(data)} samples"):
-            reconstruct(qm, data, seed=seed, progress=progress, inplace=True, **recipe.reconstruct)
+            reconstruct(qm, data, seed=seed, progress=progress, inplace=True, fp_model=fp_ref, **recipe.reconstruct)
     if recipe.finetune is not None:
         from pyquant.finetune import kd_finetune
 

@@ -160,3 +160,23 @@ def test_tied_quantizer_is_fp32_in_the_targets_and_shares_its_source_step(calibr
     rc._restore(work, weights, acts, finalize=False)
     for name, src in tied.items():
         torch.testing.assert_close(out.get_submodule(name).scale, out.get_submodule(src).scale)
+
+
+def test_targets_come_from_fp_model_not_from_a_changed_quantized_network(calibrated):
+    _, qm, x = calibrated
+    # fp_model equal to the network qm was prepared from: the same targets, so the same result bit for bit
+    assert _states_equal(reconstruct(qm, x, fp_model=copy.deepcopy(qm), **SETTINGS), reconstruct(qm, x, **SETTINGS))
+    # a step such as ABN shifts qm's float biases and weights: the bypassed network moves, fp_model's targets do not
+    changed = copy.deepcopy(qm)
+    with torch.no_grad():
+        layer = changed.get_submodule("layer1.0.conv1")
+        layer.bias.add_(0.5)
+        layer.float_weight().mul_(1.5)
+    block = [b for b in blocks(changed) if b.name == "layer1.0"][0]
+    h = torch.randn(4, 16, 32, 32, generator=torch.Generator().manual_seed(2))
+    want = rc._run_float(qm, None, block, h, 8)
+    fp_layers = dict(qm.named_modules())
+    assert torch.equal(rc._run_float(changed, None, block, h, 8, fp_layers), want)
+    assert not torch.allclose(rc._run_float(changed, None, block, h, 8), want)
+    with pytest.raises(ValueError, match="fp_model has no layer"):
+        reconstruct(qm, x, fp_model=torch.nn.Linear(2, 2), **SETTINGS)

@@ -197,7 +197,8 @@ def reconstruct(qm: fx.GraphModule, data: Tensor, *, iterations: int = 500, batc
                 lr_rounding: float = 1e-3, lr_weight_step: float = 1e-3, lr_act_step: float = 1e-3,
                 reg_weight: float = 1.0, beta=(20.0, 2.0), warmup: float = 0.2, qdrop_p: float = 0.5,
                 learn_weight_step: bool = True, learn_act_step: bool = True, seed: int = 0,
-                checkpoint_dir: Optional[str] = None, progress: bool = True, inplace: bool = False) -> fx.GraphModule:
+                checkpoint_dir: Optional[str] = None, progress: bool = True, inplace: bool = False,
+                fp_model: Optional[nn.Module] = None) -> fx.GraphModule:
     """Block reconstruction of the calibrated fake-quant network ``qm`` on ``data`` (module docstring).
 
     Returns the reconstructed network (a copy unless ``inplace``) with ``reconstruct_log`` (one dict per
@@ -205,7 +206,10 @@ def reconstruct(qm: fx.GraphModule, data: Tensor, *, iterations: int = 500, batc
     state is saved there (``reconstruct.pt``, loaded with ``weights_only=True``); a rerun with the same
     arguments resumes after the last finished block and gives the same result as an uninterrupted run.
     Deterministic under ``seed``; runs in any grad mode. A NaN/Inf loss raises
-    :class:`ReconstructionError` naming the block; the network keeps the blocks finished before it."""
+    :class:`ReconstructionError` naming the block; the network keeps the blocks finished before it.
+    ``fp_model``: the FP32 network the targets come from (the BN-folded float network ``qm`` was prepared from,
+    same layer names); None: ``qm`` itself with its quantizers bypassed, which is that network only while no
+    step (ABN, bias correction) has changed ``qm``'s float weights or biases."""
     # Gradients are needed whatever the caller's mode; an inference-mode caller's tensors are cloned into
     # ordinary ones (inference tensors cannot be saved for backward).
     with torch.inference_mode(False), torch.enable_grad():
@@ -214,11 +218,11 @@ def reconstruct(qm: fx.GraphModule, data: Tensor, *, iterations: int = 500, batc
                             lr_weight_step=lr_weight_step, lr_act_step=lr_act_step, reg_weight=reg_weight, beta=beta,
                             warmup=warmup, qdrop_p=qdrop_p, learn_weight_step=learn_weight_step,
                             learn_act_step=learn_act_step, seed=seed, checkpoint_dir=checkpoint_dir,
-                            progress=progress, inplace=inplace)
+                            progress=progress, inplace=inplace, fp_model=fp_model)
 
 
 def _reconstruct(qm, data, *, iterations, batch_size, lr_rounding, lr_weight_step, lr_act_step, reg_weight, beta,
-                 warmup, qdrop_p, learn_weight_step, learn_act_step, seed, checkpoint_dir, progress, inplace):
+                 warmup, qdrop_p, learn_weight_step, learn_act_step, seed, checkpoint_dir, progress, inplace, fp_model):
     if not isinstance(qm, fx.GraphModule):
         raise TypeError(f"reconstruct: qm must be a torch.fx.GraphModule from pyquant.quantize/prepare, got "
                         f"{type(qm).__name__}")
@@ -233,6 +237,15 @@ def _reconstruct(qm, data, *, iterations, batch_size, lr_rounding, lr_weight_ste
         raise ValueError(f"reconstruct: warmup must be in [0, 1), got {warmup}")
     qm = qm if inplace else copy.deepcopy(qm)
     units = blocks(qm)
+    fp_layers = None
+    if fp_model is not None:
+        if not isinstance(fp_model, nn.Module):
+            raise TypeError(f"reconstruct: fp_model must be a torch.nn.Module, got {type(fp_model).__name__}")
+        fp_layers = dict(fp_model.named_modules())
+        missing = [n for b in units for n in b.layers if not hasattr(fp_layers.get(n), "weight")]
+        if missing:
+            raise ValueError(f"reconstruct: fp_model has no layer {missing[0]!r} (it must be the float network qm "
+                             f"was prepared from)")
     was_training = qm.training
     qm.eval()
     done, log = 0, []
@@ -257,14 +270,14 @@ def _reconstruct(qm, data, *, iterations, batch_size, lr_rounding, lr_weight_ste
         for block in units:
             sub = _block_module(qm, block)
             if block.index < done:  # finished earlier: only propagate the caches
-                x_fp = _run_float(qm, sub, block, x_fp, batch_size)
+                x_fp = _run_float(qm, sub, block, x_fp, batch_size, fp_layers)
                 x_q = _run(sub, x_q, batch_size)
                 continue
             good = _state(qm)
             try:
                 entry, y_fp = _reconstruct_block(qm, sub, block, x_q, x_fp, iterations, batch_size, lr_rounding,
                                                  lr_weight_step, lr_act_step, reg_weight, beta, warmup, qdrop_p,
-                                                 learn_weight_step, learn_act_step, seed)
+                                                 learn_weight_step, learn_act_step, seed, fp_layers)
             except ReconstructionError:
                 _load_state(qm, good)
                 raise
@@ -337,19 +350,34 @@ def _restore(qm, weights, acts, finalize: bool):
         qgraph.resolve_ties(qm)  # tied quantizers (this block's or a later one's) follow the learned steps
 
 
-def _run_float(qm, sub, block, x, batch_size):
+def _run_float(qm, sub, block, x, batch_size, fp_layers=None):
+    """The block in FP32: every quantizer bypassed; with ``fp_layers`` (name -> layer of the FP32 network), on
+    that network's weights and biases (steps such as ABN change the quantized network's float ones)."""
     weights, acts = _swap(qm, block, 0.0, None)
     try:
         for s in list(weights.values()) + list(acts.values()):
             s.fp = True
-        return _run(_block_module(qm, block), x, batch_size)
+        module = _block_module(qm, block)
+        if fp_layers is None:
+            return _run(module, x, batch_size)
+        overrides = {}
+        for name, w in weights.items():
+            src, m = fp_layers[name], qm.get_submodule(name)
+            w.weight_float = src.weight.detach()
+            if m.bias is not None:
+                overrides[name + ".bias"] = src.bias.detach() if src.bias is not None else torch.zeros_like(m.bias)
+            elif src.bias is not None:
+                raise ValueError(f"reconstruct: fp_model's {name} has a bias, the quantized layer has none")
+        with torch.no_grad():
+            return torch.cat([torch.func.functional_call(module, overrides, (x[i:i + batch_size],))
+                              for i in range(0, x.shape[0], batch_size)])
     finally:
         _restore(qm, weights, acts, finalize=False)
 
 
 def _reconstruct_block(qm, sub, block, x_q, x_fp, iterations, batch_size, lr_rounding, lr_weight_step, lr_act_step,
-                       reg_weight, beta, warmup, qdrop_p, learn_weight_step, learn_act_step, seed):
-    y_fp = _run_float(qm, sub, block, x_fp, batch_size)
+                       reg_weight, beta, warmup, qdrop_p, learn_weight_step, learn_act_step, seed, fp_layers=None):
+    y_fp = _run_float(qm, sub, block, x_fp, batch_size, fp_layers)
     generator = torch.Generator(device=x_q.device).manual_seed(seed * 100003 + block.index)
     weights, acts = _swap(qm, block, qdrop_p, generator)
     sub = _block_module(qm, block)
