@@ -4,6 +4,7 @@ that fit the model, writable output paths."""
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 from typing import Optional, Sequence
 
@@ -85,11 +86,12 @@ def check_output_path(who: str, path) -> str:
 
 
 def check_sample_shape(input_shape) -> tuple:
-    """``input_shape`` (C, H, W, or any positive sizes of one sample) as a tuple of ints."""
+    """``input_shape`` (C, H, W, or any positive sizes of one sample: ints, numpy ints, a torch.Size) as a
+    tuple of ints; a float or bool size is an error, not truncated."""
     try:
-        shape = tuple(int(s) for s in input_shape)
-    except (TypeError, ValueError):
+        shape = tuple(input_shape)
+    except TypeError:
         raise TypeError(f"input_shape must be a sequence of ints (C, H, W), got {input_shape!r}") from None
-    if not shape or any(s < 1 for s in shape):
-        raise ValueError(f"input_shape must hold positive sizes (C, H, W), got {input_shape!r}")
-    return shape
+    if not shape or any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s < 1 for s in shape):
+        raise ValueError(f"input_shape must hold positive ints (C, H, W), got {input_shape!r}")
+    return tuple(int(s) for s in shape)

@@ -233,16 +233,6 @@ def _check_device(model: nn.Module) -> torch.device:
     raise ValueError(f"model is on device {device}, which pyquant does not support (cpu, or cuda when built)")
 
 
-def _check_input_shape(input_shape) -> tuple:
-    try:
-        shape = tuple(input_shape)
-    except TypeError:
-        raise TypeError(f"input_shape must be a sequence of ints (C, H, W), got {input_shape!r}") from None
-    if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in shape):
-        raise ValueError(f"input_shape must hold positive ints (C, H, W), got {input_shape!r}")
-    return shape
-
-
 class _Progress:
     def __init__(self, steps, enabled: bool):
         self.steps, self.enabled, self.k = steps, enabled, 0
@@ -294,7 +284,7 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _check_bits("w_bits", w_bits)
     _check_bits("a_bits", a_bits)
-    shape = _check_input_shape(input_shape)
+    shape = _guards.check_sample_shape(input_shape)
     data = _guards.check_batch("data", data, shape)
     holdout = _guards.check_batch("holdout", holdout, shape)
     recipe = get_recipe(recipe)
