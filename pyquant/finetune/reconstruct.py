@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, fx, nn
 
 from pyquant import ops
+from pyquant._guards import any_grad_mode
 from pyquant.quant import graph as qgraph
 from pyquant.quant.modules import QUANT_LAYERS
 from pyquant.quant.quantizer import FakeQuantizer
@@ -172,9 +173,13 @@ class _LearnedActivation(nn.Module):
         return y
 
 
-def _run(module: nn.Module, x: Tensor, batch_size: int) -> Tensor:
+def _run(module: nn.Module, x: Tensor, batch_size: int, overrides: Optional[Dict[str, Tensor]] = None) -> Tensor:
+    """``module`` on ``x`` in batches, without grad; ``overrides``: parameters replaced for the call."""
+    def call(xb):
+        return module(xb) if overrides is None else torch.func.functional_call(module, overrides, (xb,))
+
     with torch.no_grad():
-        return torch.cat([module(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
+        return torch.cat([call(x[i:i + batch_size]) for i in range(0, x.shape[0], batch_size)])
 
 
 def _state(qm: nn.Module) -> Dict[str, Tensor]:
@@ -193,6 +198,7 @@ def _load_state(qm: nn.Module, state: Dict[str, Tensor]) -> None:
         m.weight_quantizer.set_qparams(m.weight_quantizer.scale, m.weight_quantizer.zero_point)
 
 
+@any_grad_mode
 def reconstruct(qm: fx.GraphModule, data: Tensor, *, iterations: int = 500, batch_size: int = 32,
                 lr_rounding: float = 1e-3, lr_weight_step: float = 1e-3, lr_act_step: float = 1e-3,
                 reg_weight: float = 1.0, beta=(20.0, 2.0), warmup: float = 0.2, qdrop_p: float = 0.5,
@@ -210,15 +216,13 @@ def reconstruct(qm: fx.GraphModule, data: Tensor, *, iterations: int = 500, batc
     ``fp_model``: the FP32 network the targets come from (the BN-folded float network ``qm`` was prepared from,
     same layer names); None: ``qm`` itself with its quantizers bypassed, which is that network only while no
     step (ABN, bias correction) has changed ``qm``'s float weights or biases."""
-    # Gradients are needed whatever the caller's mode; an inference-mode caller's tensors are cloned into
-    # ordinary ones (inference tensors cannot be saved for backward).
-    with torch.inference_mode(False), torch.enable_grad():
-        return _reconstruct(qm, data.clone() if isinstance(data, Tensor) and data.is_inference() else data,
-                            iterations=iterations, batch_size=batch_size, lr_rounding=lr_rounding,
-                            lr_weight_step=lr_weight_step, lr_act_step=lr_act_step, reg_weight=reg_weight, beta=beta,
-                            warmup=warmup, qdrop_p=qdrop_p, learn_weight_step=learn_weight_step,
-                            learn_act_step=learn_act_step, seed=seed, checkpoint_dir=checkpoint_dir,
-                            progress=progress, inplace=inplace, fp_model=fp_model)
+    # Gradients are needed whatever the caller's mode (any_grad_mode; inference-mode data are cloned)
+    return _reconstruct(qm, data,
+                        iterations=iterations, batch_size=batch_size, lr_rounding=lr_rounding,
+                        lr_weight_step=lr_weight_step, lr_act_step=lr_act_step, reg_weight=reg_weight, beta=beta,
+                        warmup=warmup, qdrop_p=qdrop_p, learn_weight_step=learn_weight_step,
+                        learn_act_step=learn_act_step, seed=seed, checkpoint_dir=checkpoint_dir,
+                        progress=progress, inplace=inplace, fp_model=fp_model)
 
 
 def _reconstruct(qm, data, *, iterations, batch_size, lr_rounding, lr_weight_step, lr_act_step, reg_weight, beta,
@@ -368,9 +372,7 @@ def _run_float(qm, sub, block, x, batch_size, fp_layers=None):
                 overrides[name + ".bias"] = src.bias.detach() if src.bias is not None else torch.zeros_like(m.bias)
             elif src.bias is not None:
                 raise ValueError(f"reconstruct: fp_model's {name} has a bias, the quantized layer has none")
-        with torch.no_grad():
-            return torch.cat([torch.func.functional_call(module, overrides, (x[i:i + batch_size],))
-                              for i in range(0, x.shape[0], batch_size)])
+        return _run(module, x, batch_size, overrides)
     finally:
         _restore(qm, weights, acts, finalize=False)
 
