@@ -57,12 +57,15 @@ def recipe_available(name: str) -> bool:
     return True
 
 
-def synthetic_data(model, model_name, generator, seed, args, cache, holdout=0):
+def synthetic_data(model, model_name, generator, seed, args, cache, holdout=0, kwargs=None):
     """Generated once per (model, generator, seed, size) and cached on disk with its generation time.
     ``holdout`` extra samples (for the selecting recipes) come after the first ``num_samples``, which are
-    the same with or without them (one seed per batch of 64)."""
+    the same with or without them (one seed per batch of 64). ``kwargs``: the generator's own settings
+    (part of the cache key)."""
     num = args.num_samples + holdout
-    key = f"{model_name}_{generator}_s{seed}_n{num}_it{args.iterations}"
+    kwargs = dict(kwargs or {})
+    key = f"{model_name}_{generator}_s{seed}_n{num}_it{args.iterations}" + "".join(
+        f"_{k}{v}" for k, v in sorted(kwargs.items()))
     path = os.path.join(args.cache_dir, key + ".pt")
     sidecar = os.path.join(args.cache_dir, key + ".seconds")
     if os.path.isfile(path) and (key in cache or os.path.isfile(sidecar)):
@@ -72,7 +75,7 @@ def synthetic_data(model, model_name, generator, seed, args, cache, holdout=0):
     t0 = time.perf_counter()
     fn = getattr(pyquant.distill, generator)
     data = fn(model, num, (3, 32, 32), batch_size=min(64, num), iterations=args.iterations,
-              seed=seed, progress=False)
+              seed=seed, progress=False, **kwargs)
     seconds = time.perf_counter() - t0
     os.makedirs(args.cache_dir, exist_ok=True)
     torch.save(data, path)

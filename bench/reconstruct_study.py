@@ -32,11 +32,15 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pyquant  # noqa: E402
+from pyquant.finetune.augment import low_pass  # noqa: E402
 from pyquant.data import evaluate_top1, find_shared_data, load_cifar10_npz  # noqa: E402
 from pyquant.models import resnet_cifar  # noqa: E402
 from quantize_table import CHECKPOINTS, save_json, synthetic_data  # noqa: E402
 
 CONFIGS = {"W4A4": (4, 4), "W3A3": (3, 3), "W2A4": (2, 4)}
+# recipe best's calibration (SQuant rounding, ABN halfway to the trained statistics, no selection) as changes to brecq
+BEST_CALIBRATION = {"weight_rounding": "squant", "abn": True, "abn_after_activations": True, "abn_below_bits": 8,
+                    "abn_bn_weight": 0.5}
 
 # name -> changes to recipe ``brecq``: num_samples / data_iterations (ZeroQ) and reconstruct keyword arguments
 # (merged into the recipe's own). "chosen" is what recipe brecq is set to after the study.
@@ -76,6 +80,30 @@ SETTINGS = {
     # float network was the target)
     "best_noact_fptarget": {"weight_rounding": "squant", "abn": True, "abn_after_activations": True,
                             "abn_below_bits": 8, "abn_bn_weight": 0.5, "reconstruct": {"learn_act_step": False}},
+    # best's data size (128 samples): its calibration alone, then + reconstruction (FP32 targets, activation steps
+    # not learned) on the samples alone or with 3 / 7 flipped-and-shifted views of each (reconstruct(views=))
+    "none_best_n128": {**BEST_CALIBRATION, "num_samples": 128, "reconstruct": None},
+    "best_fpt_n128": {**BEST_CALIBRATION, "num_samples": 128, "reconstruct": {"learn_act_step": False}},
+    "best_fpt_n128_v3": {**BEST_CALIBRATION, "num_samples": 128, "reconstruct": {"learn_act_step": False, "views": 3}},
+    "best_fpt_n128_v7": {**BEST_CALIBRATION, "num_samples": 128, "reconstruct": {"learn_act_step": False, "views": 7}},
+    # best_fpt_n128 with AdaRound starting from SQuant's rounding instead of the nearest level
+    "best_fpt_n128_cur": {**BEST_CALIBRATION, "num_samples": 128,
+                          "reconstruct": {"learn_act_step": False, "start_rounding": "current"}},
+    # the same on the samples low-pass filtered (pyquant.finetune.augment.low_pass, keep = fraction of Nyquist):
+    # ZeroQ images hold 59 % of their (non-DC) energy above half the Nyquist frequency, real CIFAR images 7 %
+    "none_best_n128_lp50": {**BEST_CALIBRATION, "num_samples": 128, "reconstruct": None, "low_pass": 0.5},
+    "none_best_n128_lp75": {**BEST_CALIBRATION, "num_samples": 128, "reconstruct": None, "low_pass": 0.75},
+    "best_fpt_n128_lp50": {**BEST_CALIBRATION, "num_samples": 128, "low_pass": 0.5,
+                           "reconstruct": {"learn_act_step": False}},
+    "best_fpt_n128_lp50_v3": {**BEST_CALIBRATION, "num_samples": 128, "low_pass": 0.5,
+                              "reconstruct": {"learn_act_step": False, "views": 3}},
+    # DeepInversion's image prior during ZeroQ distillation (zeroq(tv_weight=, jitter=), pyquant.distill.image_prior)
+    "none_best_n128_tv5": {**BEST_CALIBRATION, "num_samples": 128, "reconstruct": None, "data_kwargs": {"tv_weight": 5.0}},
+    "none_best_n128_tv20": {**BEST_CALIBRATION, "num_samples": 128, "reconstruct": None,
+                            "data_kwargs": {"tv_weight": 20.0}},
+    "none_best_n128_j2": {**BEST_CALIBRATION, "num_samples": 128, "reconstruct": None, "data_kwargs": {"jitter": 2}},
+    "none_best_n128_tv5_j2": {**BEST_CALIBRATION, "num_samples": 128, "reconstruct": None,
+                              "data_kwargs": {"tv_weight": 5.0, "jitter": 2}},
     "chosen": {},
 }
 
@@ -89,6 +117,7 @@ def subset(images, labels, which: str):
 def recipe_for(setting: str, checkpoint_dir: str):
     base = pyquant.RECIPES["brecq"]
     changes = dict(SETTINGS[setting])
+    changes.pop("low_pass", None)  # a data transform, applied by main()
     if "reconstruct" in changes and changes["reconstruct"] is None:  # reconstruction off
         return base.replace(**changes)
     rec = dict(base.reconstruct)
@@ -154,7 +183,9 @@ def main(argv=None):
                     spec = types.SimpleNamespace(num_samples=recipe.num_samples, iterations=recipe.data_iterations,
                                                  cache_dir=args.cache_dir)
                     data, distill_s = synthetic_data(model, model_name, recipe.data, seed, spec,
-                                                     results["distill_seconds"])
+                                                     results["distill_seconds"], kwargs=recipe.data_kwargs)
+                    if "low_pass" in SETTINGS[setting]:
+                        data = low_pass(data, SETTINGS[setting]["low_pass"])
                     w, a = CONFIGS[config]
                     print(f"== {key}: {json.dumps(SETTINGS[setting])}", flush=True)
                     t0 = time.perf_counter()

@@ -46,6 +46,8 @@ class Recipe:
     abn_below_bits: run ABN only when w_bits or a_bits is below this (None = always). At 8 bit the
     quantization shift ABN corrects is smaller than the error of re-estimating every BN layer on a few
     synthetic samples (ResNet-56 W8A8: 80.85 % with ABN, 82.25 % without, FP32 82.35 %; docs/pipeline.md).
+    reconstruct / reconstruct_below_bits: block reconstruction (pyquant.finetune.reconstruct, its keyword
+    arguments) after calibration, only when w_bits or a_bits is below reconstruct_below_bits (None = always).
     abn_bn_weight: ABN's target statistics, from the FP32 network's on the data (0) to the trained BN
     statistics (1, the paper); see pyquant.dfq.abn.
     input_calibration: how the network-input quantizer gets its range: ``data`` (observed like every
@@ -93,6 +95,7 @@ class Recipe:
     select_holdout: int = 32
     select_signal: str = "kl"
     reconstruct: Optional[dict] = None  # keyword arguments of pyquant.finetune.reconstruct (needs data)
+    reconstruct_below_bits: Optional[int] = None  # reconstruct only when w_bits or a_bits is below this
     finetune: Optional[dict] = None  # keyword arguments of pyquant.finetune.kd_finetune (needs data)
 
     def __post_init__(self):
@@ -119,11 +122,16 @@ class Recipe:
         self.select_among = tuple(self.select_among)
         if isinstance(self.select_holdout, bool) or not isinstance(self.select_holdout, int) or self.select_holdout < 1:
             raise ValueError(f"Recipe.select_holdout must be a positive int, got {self.select_holdout!r}")
-        if self.abn_below_bits is not None:
-            if isinstance(self.abn_below_bits, bool) or not isinstance(self.abn_below_bits, int):
-                raise TypeError(f"Recipe.abn_below_bits must be an int or None, got {type(self.abn_below_bits).__name__}")
-            if not 3 <= self.abn_below_bits <= 9:
-                raise ValueError(f"Recipe.abn_below_bits must be in 3..9 or None, got {self.abn_below_bits}")
+        for name in ("abn_below_bits", "reconstruct_below_bits"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"Recipe.{name} must be an int or None, got {type(value).__name__}")
+            if not 3 <= value <= 9:
+                raise ValueError(f"Recipe.{name} must be in 3..9 or None, got {value}")
+        if self.reconstruct is not None and self.data is None:
+            raise ValueError(f"recipe {self.name!r}: reconstruct needs data (set data= 'zeroq', 'dsg' or 'aac')")
 
     @property
     def steps(self) -> list:
@@ -162,6 +170,10 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
 
+# best's block reconstruction (below 4 bit): targets from the FP32 network, AdaRound starting from SQuant's
+# rounding, activation steps kept as calibrated (learning them on synthetic data overfits: docs/pipeline.md)
+BEST_RECONSTRUCTION = {"iterations": 500, "batch_size": 32, "learn_act_step": False, "start_rounding": "current"}
+
 RECIPES: Dict[str, Recipe] = {
     "zeroq": Recipe(name="zeroq", data="zeroq"),
     "dsg": Recipe(name="dsg", data="dsg"),
@@ -179,10 +191,11 @@ RECIPES: Dict[str, Recipe] = {
     # squant whose statistics on held-out synthetic samples sit closest to the trained BN statistics. ABN is
     # worth up to 13 pt on the CIFAR ResNets and costs 2-5 pt on a MobileNetV2 (docs/transfer.md); the
     # selection drops it where it does not reduce the mismatch (MobileNetV2 proxy W4A4: +5.4 pt).
+    # Below 4 bit, block reconstruction follows (BEST_RECONSTRUCTION; docs/pipeline.md, ResNet-32/44 W3A3).
     "best": Recipe(name="best", data="zeroq", weight_estimator="mse", weight_p=2.4, weight_rounding="squant",
                    act_estimator="mse", abn=True, abn_after_activations=True, abn_below_bits=8, abn_bn_weight=0.5,
                    input_calibration="standardized", select_among=("lp_squant", "zeroq", "dfq", "squant"),
-                   select_signal="bn_mismatch"),
+                   select_signal="bn_mismatch", reconstruct=BEST_RECONSTRUCTION, reconstruct_below_bits=4),
     # BRECQ / Genie-M block reconstruction (pyquant.finetune) on ZeroQ data, from Lp (p = 2.4) weight and MSE
     # activation clips. Settings not yet tuned on ResNet-32/44 (issue 11).
     "brecq": Recipe(name="brecq", data="zeroq", num_samples=512, weight_estimator="mse", weight_p=2.4,
@@ -292,6 +305,9 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
         recipe = recipe.replace(**overrides)
     if recipe.abn and recipe.abn_below_bits is not None and min(w_bits, a_bits) >= recipe.abn_below_bits:
         recipe = recipe.replace(abn=False)  # the returned model's .recipe says what ran
+    if (recipe.reconstruct is not None and recipe.reconstruct_below_bits is not None
+            and min(w_bits, a_bits) >= recipe.reconstruct_below_bits):
+        recipe = recipe.replace(reconstruct=None)
     device = _check_device(model)
     if recipe.select_among:
         return _quantize_selecting(model, recipe, w_bits=w_bits, a_bits=a_bits, shape=shape, seed=seed,
@@ -456,10 +472,12 @@ def _quantize_selecting(model, recipe: Recipe, *, w_bits, a_bits, shape, seed, p
 
 def _pipeline(recipe: Recipe) -> Recipe:
     """``recipe`` without the settings that do not change what it computes (its name, the selection, and
-    ABN's settings when ABN is off), so two recipes that build the same model compare equal."""
+    ABN's or reconstruction's settings when that step is off), so two recipes that build the same model compare equal."""
     neutral = dict(name="", select_among=(), select_holdout=1, select_signal="kl")
     if not recipe.abn:
         neutral.update(abn_after_activations=False, abn_below_bits=None, abn_bn_weight=1.0)
+    if recipe.reconstruct is None:
+        neutral.update(reconstruct_below_bits=None)
     return dataclasses.replace(recipe, **neutral)
 
 

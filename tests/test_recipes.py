@@ -76,6 +76,21 @@ def test_abn_below_bits_skips_abn_at_8_bit_only():
         pyquant.Recipe(abn_below_bits=8.0)
 
 
+def test_reconstruct_below_bits_reconstructs_only_below_the_width():
+    model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
+    data = torch.randn(16, 3, 16, 16)
+    kw = dict(input_shape=(3, 16, 16), data=data, progress=False, select_among=(),
+              reconstruct={"iterations": 2, "batch_size": 8}, reconstruct_below_bits=5)
+    for (w, a), runs in (((8, 8), False), ((6, 6), False), ((4, 8), True), ((8, 4), True), ((3, 3), True)):
+        q = pyquant.quantize(model, "lp_squant", w_bits=w, a_bits=a, **kw)
+        assert ("reconstruct" in [s["step"] for s in q.quant_report.steps]) == runs, (w, a)
+        assert (q.recipe.reconstruct is not None) == runs and hasattr(q, "reconstruct_log") == runs, (w, a)
+    with pytest.raises(ValueError, match="reconstruct_below_bits"):
+        pyquant.Recipe(reconstruct_below_bits=2)
+    with pytest.raises(ValueError, match="reconstruct needs data"):
+        pyquant.Recipe(data=None, act_estimator="bn", reconstruct={})
+
+
 def test_input_calibration_standardized_sets_only_the_input_quantizer():
     model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
     # wider than the N(0, 1) inputs the BN statistics came from, as synthetic images are

@@ -180,3 +180,24 @@ def test_targets_come_from_fp_model_not_from_a_changed_quantized_network(calibra
     assert not torch.allclose(rc._run_float(changed, None, block, h, 8), want)
     with pytest.raises(ValueError, match="fp_model has no layer"):
         reconstruct(qm, x, fp_model=torch.nn.Linear(2, 2), **SETTINGS)
+
+
+def test_start_rounding_current_starts_from_the_layers_own_rounding():
+    """start_rounding='current': at iteration 0 the hard rounding is SQuant's (stored in the layer), 'nearest'
+    is round-to-nearest; for a layer without a stored rounding the two are the same."""
+    torch.manual_seed(0)
+    qm = pyquant.quantize(nets.resnet8(), "squant", w_bits=4, a_bits=8, input_shape=(3, 32, 32), progress=False)
+    flips = 0
+    for name, m in pyquant.quant.graph.quant_layers(qm).items():
+        s = m.weight_quantizer.scale.reshape(-1, *([1] * (m.weight.dim() - 1)))
+        current = rc.AdaRoundWeight(m.weight_quantizer, m.float_weight(), m.weight)
+        nearest = rc.AdaRoundWeight(m.weight_quantizer, m.float_weight())
+        current.hard = nearest.hard = True
+        with torch.no_grad():
+            torch.testing.assert_close(current(m.weight), m.weight, rtol=0, atol=1e-6 * float(s.max()))
+            expected = s * torch.clamp(torch.round(m.float_weight() / s), m.weight_quantizer.qmin, m.weight_quantizer.qmax)
+            torch.testing.assert_close(nearest(m.weight), expected, rtol=0, atol=1e-6 * float(s.max()))
+        flips += int((~torch.isclose(m.weight, expected)).sum())
+    assert flips > 0  # SQuant changed some roundings, so the two starts differ
+    with pytest.raises(ValueError, match="start_rounding"):
+        reconstruct(qm, torch.zeros(2, 3, 32, 32), start_rounding="squant", **SETTINGS)

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from pyquant._guards import any_grad_mode
 from pyquant.distill._loop import check_common, iterate, own_input_term, run_batches
-from pyquant.distill.hooks import BNStatHooks, model_device
+from pyquant.distill.hooks import BNStatHooks, batch_seed, model_device
+from pyquant.distill.image_prior import jitter_and_flip, total_variation
 
 
 def init_inputs(n: int, shape: Sequence[int], init: str, device) -> Tensor:
@@ -47,13 +48,22 @@ def zeroq(
     input_term: bool = True,
     label_weight: float = 0.0,
     num_classes: int = 0,
+    tv_weight: float = 0.0,
+    jitter: int = 0,
     backend: str = "pyquant",
     progress: bool = True,
 ) -> Tensor:
     """``num_samples`` ZeroQ images of shape ``input_shape`` (C, H, W) for ``model`` (eval mode; not
     modified). ``label_weight > 0`` adds cross-entropy on random labels (optional, not in ZeroQ).
+    ``tv_weight`` / ``jitter``: DeepInversion's image prior (:mod:`pyquant.distill.image_prior`; not in
+    ZeroQ): ``tv_weight * total_variation(x)`` added to the loss, and the network sees the images rolled by
+    up to ``jitter`` pixels and randomly flipped at every step.
     Fixed ``seed`` -> identical data on the same machine and thread count."""
     shape = check_common(num_samples, input_shape, batch_size, iterations, model)
+    if not isinstance(tv_weight, (int, float)) or isinstance(tv_weight, bool) or not 0.0 <= tv_weight < float("inf"):
+        raise ValueError(f"zeroq: tv_weight must be a finite number >= 0, got {tv_weight!r}")
+    if isinstance(jitter, bool) or not isinstance(jitter, int) or jitter < 0:
+        raise ValueError(f"zeroq: jitter must be an int >= 0, got {jitter!r}")
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -63,14 +73,17 @@ def zeroq(
         labels = torch.randint(0, max(num_classes, 1), (n,), device=device) if label_weight > 0 else None
         opt = torch.optim.Adam([x], lr=lr)
         sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, patience=100, min_lr=1e-4)
+        shifts = torch.Generator().manual_seed(batch_seed(seed, b))
         with BNStatHooks(model, per_sample=True, unbiased=True, backend=backend) as hooks:
             bar = iterate(iterations, f"zeroq batch {b}", progress)
             for it in bar:
                 opt.zero_grad(set_to_none=True)
-                out = model(x)
+                out = model(jitter_and_flip(x, jitter, shifts) if jitter else x)
                 loss = hooks.total()
                 if input_term:
                     loss = loss + own_input_term(x)
+                if tv_weight:
+                    loss = loss + tv_weight * total_variation(x)
                 if labels is not None:
                     loss = loss + label_weight * F.cross_entropy(out, labels)
                 loss.backward()

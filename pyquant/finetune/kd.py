@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
 from pyquant import ops
+from pyquant.finetune.augment import flip_and_shift
 from pyquant.quant import graph as qgraph
 from pyquant.quant.hooks import forward_hooks
 from pyquant.quant.learned import LSQQuantizer
@@ -149,18 +150,6 @@ def _trained_tensors(qm: nn.Module, learned: _Learned, learn_weights: bool) -> L
     return params
 
 
-def _augment(x: Tensor, generator: torch.Generator, pad: int = 4) -> Tensor:
-    """Random horizontal flip and random crop after zero padding by ``pad`` (the CIFAR training
-    augmentation), per sample, drawn from ``generator``."""
-    n, _, h, w = x.shape
-    flip = torch.rand(n, generator=generator) < 0.5
-    x = torch.where(flip.reshape(-1, 1, 1, 1).to(x.device), x.flip(3), x)
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).tolist()
-    return torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
-
-
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
     """``T^2 KL(softmax(t/T) || softmax(s/T))``, mean over samples (Hinton et al. 2015; the ``T^2``
     keeps the gradient's size independent of T)."""
@@ -205,8 +194,9 @@ def kd_finetune(qm: fx.GraphModule, teacher: nn.Module, data: Union[Tensor, Call
     returning the set of that epoch (refreshed; it must be deterministic for a resume to be exact).
     Per epoch the set is shuffled and cut into batches of ``batch_size``; Adam (or SGD with momentum 0.9)
     with a cosine learning-rate decay over all steps: ``lr`` for the weights and biases, ``lr_step`` for
-    the LSQ steps. ``augment``: random flips and 4-pixel crops (image inputs). ``bn_weight > 0`` needs
-    ``qm.bn_stats`` (a :func:`pyquant.quantize` result).
+    the LSQ steps. ``augment``: random flips and shifts by an eighth of the side
+    (:func:`pyquant.finetune.augment.flip_and_shift`; image inputs). ``bn_weight > 0`` needs ``qm.bn_stats``
+    (a :func:`pyquant.quantize` result).
 
     Returns the fine-tuned network (a copy unless ``inplace``), an ordinary fake-quant network whose
     FakeQuantizers hold the learned steps, with ``kd_log`` (one dict per epoch: mean loss and its terms, wall
@@ -322,7 +312,7 @@ def _finetune(qm, teacher, data, bn_stats, settings: dict, checkpoint_dir, progr
                     idx = order[b * s["batch_size"]:(b + 1) * s["batch_size"]]
                     x = x_all[idx.to(x_all.device)]
                     if s["augment"]:
-                        x = _augment(x, generator)
+                        x = flip_and_shift(x, generator)
                     if teacher_cache is not None:
                         t_logits = teacher_cache[idx.to(teacher_cache.device)]
                     else:

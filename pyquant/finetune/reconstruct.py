@@ -36,6 +36,7 @@ from torch import Tensor, fx, nn
 
 from pyquant import ops
 from pyquant._guards import any_grad_mode
+from pyquant.finetune.augment import with_views
 from pyquant.quant import graph as qgraph
 from pyquant.quant.modules import QUANT_LAYERS
 from pyquant.quant.quantizer import FakeQuantizer
@@ -118,7 +119,7 @@ class AdaRoundWeight(nn.Module):
     """AdaRound soft rounding with a learned per-channel step (Genie-M), in place of a layer's
     weight quantizer during reconstruction. ``fp`` = pass the float weight through (FP32 targets)."""
 
-    def __init__(self, quantizer: FakeQuantizer, weight: Tensor):
+    def __init__(self, quantizer: FakeQuantizer, weight: Tensor, rounded: Optional[Tensor] = None):
         super().__init__()
         self.qmin, self.qmax = quantizer.qmin, quantizer.qmax
         shape = [-1] + [1] * (weight.dim() - 1)
@@ -127,6 +128,12 @@ class AdaRoundWeight(nn.Module):
         self.register_buffer("weight_float", weight.detach().clone())
         self.register_buffer("floor", torch.floor(weight.detach() / s0))
         rest = (weight.detach() / s0 - self.floor).clamp(1e-4, 1 - 1e-4)
+        if rounded is not None:
+            # start from the layer's own rounding (e.g. SQuant's): where it rounded the other way than the
+            # nearest level, h(V) starts mirrored about 1/2, so the hard rounding at iteration 0 is that one
+            up = torch.round(rounded.detach() / s0) - self.floor
+            flipped = ((up == 1) & (rest < 0.5)) | ((up == 0) & (rest > 0.5))
+            rest = torch.where(flipped, 1 - rest, rest)
         self.v = nn.Parameter(-torch.log((ZETA - GAMMA) / (rest - GAMMA) - 1))  # h(V) = rest
         self.step_mult = nn.Parameter(torch.ones_like(s0))
         self.fp = False
@@ -204,7 +211,8 @@ def reconstruct(qm: fx.GraphModule, data: Tensor, *, iterations: int = 500, batc
                 reg_weight: float = 1.0, beta=(20.0, 2.0), warmup: float = 0.2, qdrop_p: float = 0.5,
                 learn_weight_step: bool = True, learn_act_step: bool = True, seed: int = 0,
                 checkpoint_dir: Optional[str] = None, progress: bool = True, inplace: bool = False,
-                fp_model: Optional[nn.Module] = None) -> fx.GraphModule:
+                fp_model: Optional[nn.Module] = None, views: int = 0,
+                start_rounding: str = "nearest") -> fx.GraphModule:
     """Block reconstruction of the calibrated fake-quant network ``qm`` on ``data`` (module docstring).
 
     Returns the reconstructed network (a copy unless ``inplace``) with ``reconstruct_log`` (one dict per
@@ -215,18 +223,25 @@ def reconstruct(qm: fx.GraphModule, data: Tensor, *, iterations: int = 500, batc
     :class:`ReconstructionError` naming the block; the network keeps the blocks finished before it.
     ``fp_model``: the FP32 network the targets come from (the BN-folded float network ``qm`` was prepared from,
     same layer names); None: ``qm`` itself with its quantizers bypassed, which is that network only while no
-    step (ABN, bias correction) has changed ``qm``'s float weights or biases."""
+    step (ABN, bias correction) has changed ``qm``'s float weights or biases.
+    ``views``: reconstruct on ``data`` plus this many flipped and shifted copies of it
+    (:func:`pyquant.finetune.augment.with_views`, image data only), drawn under ``seed``.
+    ``start_rounding``: where AdaRound's soft rounding starts, ``"nearest"`` (AdaRound: h(V) = the fractional
+    part) or ``"current"`` (the layer's stored rounding, e.g. SQuant's: h(V) mirrored about 1/2 where it
+    differs from the nearest level; identical to ``"nearest"`` for a layer without one)."""
     # Gradients are needed whatever the caller's mode (any_grad_mode; inference-mode data are cloned)
     return _reconstruct(qm, data,
                         iterations=iterations, batch_size=batch_size, lr_rounding=lr_rounding,
                         lr_weight_step=lr_weight_step, lr_act_step=lr_act_step, reg_weight=reg_weight, beta=beta,
                         warmup=warmup, qdrop_p=qdrop_p, learn_weight_step=learn_weight_step,
                         learn_act_step=learn_act_step, seed=seed, checkpoint_dir=checkpoint_dir,
-                        progress=progress, inplace=inplace, fp_model=fp_model)
+                        progress=progress, inplace=inplace, fp_model=fp_model, views=views,
+                        start_rounding=start_rounding)
 
 
 def _reconstruct(qm, data, *, iterations, batch_size, lr_rounding, lr_weight_step, lr_act_step, reg_weight, beta,
-                 warmup, qdrop_p, learn_weight_step, learn_act_step, seed, checkpoint_dir, progress, inplace, fp_model):
+                 warmup, qdrop_p, learn_weight_step, learn_act_step, seed, checkpoint_dir, progress, inplace, fp_model,
+                 views, start_rounding):
     if not isinstance(qm, fx.GraphModule):
         raise TypeError(f"reconstruct: qm must be a torch.fx.GraphModule from pyquant.quantize/prepare, got "
                         f"{type(qm).__name__}")
@@ -239,6 +254,12 @@ def _reconstruct(qm, data, *, iterations, batch_size, lr_rounding, lr_weight_ste
         raise ValueError(f"reconstruct: qdrop_p must be in [0, 1], got {qdrop_p}")
     if not 0.0 <= warmup < 1.0:
         raise ValueError(f"reconstruct: warmup must be in [0, 1), got {warmup}")
+    if start_rounding not in ("nearest", "current"):
+        raise ValueError(f"reconstruct: start_rounding must be 'nearest' or 'current', got {start_rounding!r}")
+    if isinstance(views, bool) or not isinstance(views, int) or views < 0:
+        raise ValueError(f"reconstruct: views must be a non-negative int, got {views!r}")
+    if views and data.dim() != 4:
+        raise ValueError(f"reconstruct: views need image data (N, C, H, W), got shape {tuple(data.shape)}")
     qm = qm if inplace else copy.deepcopy(qm)
     units = blocks(qm)
     fp_layers = None
@@ -257,14 +278,15 @@ def _reconstruct(qm, data, *, iterations, batch_size, lr_rounding, lr_weight_ste
     settings = dict(iterations=iterations, batch_size=batch_size, lr_rounding=lr_rounding, lr_weight_step=lr_weight_step,
                     lr_act_step=lr_act_step, reg_weight=reg_weight, beta=list(beta), warmup=warmup, qdrop_p=qdrop_p,
                     learn_weight_step=learn_weight_step, learn_act_step=learn_act_step, seed=seed, n=int(data.shape[0]),
-                    blocks=[b.name for b in units])
+                    views=views, start_rounding=start_rounding, blocks=[b.name for b in units])
     if ckpt and os.path.isfile(ckpt):
         saved = torch.load(ckpt, weights_only=True)
         if saved["settings"] != settings:
             raise ValueError(f"reconstruct: {ckpt} was written with other settings; use another checkpoint_dir")
         _load_state(qm, saved["state"])
         done, log = int(saved["done"]), list(saved["log"])
-    x_q, x_fp = data.detach(), data.detach()
+    data = with_views(data.detach(), views, seed)
+    x_q, x_fp = data, data
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -281,7 +303,8 @@ def _reconstruct(qm, data, *, iterations, batch_size, lr_rounding, lr_weight_ste
             try:
                 entry, y_fp = _reconstruct_block(qm, sub, block, x_q, x_fp, iterations, batch_size, lr_rounding,
                                                  lr_weight_step, lr_act_step, reg_weight, beta, warmup, qdrop_p,
-                                                 learn_weight_step, learn_act_step, seed, fp_layers)
+                                                 learn_weight_step, learn_act_step, seed, fp_layers,
+                                                 start_rounding)
             except ReconstructionError:
                 _load_state(qm, good)
                 raise
@@ -305,12 +328,13 @@ def _reconstruct(qm, data, *, iterations, batch_size, lr_rounding, lr_weight_ste
     return qm
 
 
-def _swap(qm, block, qdrop_p, generator):
+def _swap(qm, block, qdrop_p, generator, start_rounding="nearest"):
     """Installs the learnable stand-ins; returns (weights, acts) dicts name -> stand-in."""
     weights, acts = {}, {}
     for name in block.layers:
         m = qm.get_submodule(name)
-        weights[name] = AdaRoundWeight(m.weight_quantizer, m.float_weight())
+        weights[name] = AdaRoundWeight(m.weight_quantizer, m.float_weight(),
+                                       m.weight if start_rounding == "current" else None)
         weights[name].original = m.weight_quantizer
         m.weight_quantizer = weights[name]
     for name in block.act_quantizers:
@@ -378,10 +402,11 @@ def _run_float(qm, sub, block, x, batch_size, fp_layers=None):
 
 
 def _reconstruct_block(qm, sub, block, x_q, x_fp, iterations, batch_size, lr_rounding, lr_weight_step, lr_act_step,
-                       reg_weight, beta, warmup, qdrop_p, learn_weight_step, learn_act_step, seed, fp_layers=None):
+                       reg_weight, beta, warmup, qdrop_p, learn_weight_step, learn_act_step, seed, fp_layers=None,
+                       start_rounding="nearest"):
     y_fp = _run_float(qm, sub, block, x_fp, batch_size, fp_layers)
     generator = torch.Generator(device=x_q.device).manual_seed(seed * 100003 + block.index)
-    weights, acts = _swap(qm, block, qdrop_p, generator)
+    weights, acts = _swap(qm, block, qdrop_p, generator, start_rounding)
     sub = _block_module(qm, block)
     groups = [{"params": [w.v for w in weights.values()], "lr": lr_rounding}]
     if learn_weight_step:
