@@ -86,6 +86,30 @@ using DepthwiseRowFn = void (*)(const DepthwiseArgs& a, int64_t oh, const Epilog
 void depthwise_row_scalar(const DepthwiseArgs& a, int64_t oh, const Epilogue& e);
 void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, const Epilogue& e);
 
+// The direct NHWC depthwise kernel of the VNNI path (3x3 and 5x5, any stride / padding / dilation, no
+// fused residual): blocks of 64 channels, one vpdpbusd per 16 channels and tap and byte position j of a
+// dword (its weight vector keeps only byte j of each dword, so lane L of accumulator j sums channel
+// 4L + j: no shuffle of the activations), accumulators started at -zx * col_sum (taps outside the image
+// read zero-point bytes), the epilogue on the 4 accumulators of a block, then one in-lane byte shuffle
+// (uint8) or a 4 x 4 transpose (float32) back to channel order. Built per call from the packed payload
+// ([taps][C_pad], which the CUDA kernel reads too) by depthwise_vnni_prepare:
+struct DepthwiseVnniPlan {
+  const int8_t* w;           // [blocks][taps][j = 4][64]: byte 4L + j of vector j = w[tap][64 b + 4L + j]
+  const int32_t* acc_init;   // [blocks][j = 4][L = 16]: -zx * col_sum[64 b + 4L + j] (0 past C)
+  const float* multiplier;   // [blocks][4][16]: sx * sw, same order
+  const float* bias;         // [blocks][4][16]
+  const uint8_t* zero_rows;  // W * C + 64 bytes equal to the zero-point: input rows outside the image
+};
+inline int64_t depthwise_vnni_blocks(int64_t C) { return (C + 63) / 64; }
+// w_payload: [taps][C_pad]; zero_point_term / multiplier / bias: per channel (C values).
+void depthwise_vnni_prepare(const int8_t* w_payload, int64_t C, int64_t C_pad, int64_t taps,
+                            const int32_t* zero_point_term, const float* multiplier, const float* bias,
+                            int8_t* w_out, int32_t* acc_init_out, float* multiplier_out, float* bias_out);
+// True for the kernel sizes depthwise_row_vnni handles.
+inline bool depthwise_vnni_supports(int64_t KH, int64_t KW) { return (KH == 3 && KW == 3) || (KH == 5 && KW == 5); }
+// One output row (n, oh); e: only relu, requantize, inv_out_scale, out_zero_point, the output and ld_out.
+void depthwise_row_vnni(const DepthwiseArgs& a, const DepthwiseVnniPlan& p, int64_t oh, const Epilogue& e);
+
 bool cpu_has_vnni();
 bool cpu_has_avx2();
 

@@ -86,6 +86,27 @@ void depthwise_row_scalar(const DepthwiseArgs& a, int64_t oh, const Epilogue& e)
   }
 }
 
+namespace {
+
+// The per-channel constants of depthwise_vnni_prepare (portable).
+void depthwise_vnni_prepare_params(int64_t C, const int32_t* zero_point_term, const float* multiplier,
+                                   const float* bias, int32_t* acc_init_out, float* multiplier_out,
+                                   float* bias_out) {
+  const int64_t blocks = depthwise_vnni_blocks(C);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int j = 0; j < 4; ++j)
+      for (int L = 0; L < 16; ++L) {
+        const int64_t c = b * 64 + 4 * L + j;
+        const int64_t o = b * 64 + j * 16 + L;
+        const bool ok = c < C;
+        acc_init_out[o] = ok ? -zero_point_term[c] : 0;
+        multiplier_out[o] = ok ? multiplier[c] : 0.0f;
+        bias_out[o] = ok ? bias[c] : 0.0f;
+      }
+}
+
+}  // namespace
+
 #ifdef PYQ_INT8_X86
 
 bool cpu_has_vnni() {
@@ -400,6 +421,253 @@ PYQ_TARGET_VNNI void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, co
   depthwise_row_generic(a, oh, e);
 }
 
+// ------------------------------------------------------------------- direct depthwise (vpdpbusd, see .h)
+// The weight vectors of each block and tap: the tap's 64 channel bytes with all but byte j of each
+// dword cleared (the payload is zero padded to C_pad, a multiple of 64).
+PYQ_TARGET_VNNI void depthwise_vnni_prepare(const int8_t* w_payload, int64_t C, int64_t C_pad, int64_t taps,
+                                            const int32_t* zero_point_term, const float* multiplier,
+                                            const float* bias, int8_t* w_out, int32_t* acc_init_out,
+                                            float* multiplier_out, float* bias_out) {
+  const int64_t blocks = depthwise_vnni_blocks(C);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t t = 0; t < taps; ++t) {
+      const __m512i v = _mm512_loadu_si512(w_payload + t * C_pad + b * 64);
+      int8_t* dst = w_out + (b * taps + t) * 256;
+      for (int j = 0; j < 4; ++j)
+        _mm512_storeu_si512(dst + j * 64, _mm512_and_si512(v, _mm512_set1_epi32(0xFF << (8 * j))));
+    }
+  depthwise_vnni_prepare_params(C, zero_point_term, multiplier, bias, acc_init_out, multiplier_out, bias_out);
+}
+
+namespace {
+
+// The constants of one 64-channel block and of the call.
+struct DwBlock {
+  __m512i init[4];
+  __m512 mult[4], bias[4];
+};
+
+// Epilogue of one pixel's 4 accumulators (lane L of acc[j] is channel c0 + 4L + j) into channel order.
+// uint8: y = float(acc) * m + b (requantize.h); q = round_half_even(min(256, y / s)) in int32 (vcvtps2dq,
+// round to nearest even; a value above 256 gives 255 either way, NaN and values below -2^31 give
+// INT32_MIN and so 0, as the vector epilogue's clamps), then int16 with signed saturation, + z_out
+// (saturating), ReLU as max(q, z_out) (quantization is monotone and maps 0 to z_out, so clamping the code
+// equals clamping y), and unsigned saturation to [0, 255]. The packs leave byte 16k + 4j + i holding
+// channel 16k + 4i + j: one in-lane byte shuffle restores the order.
+template <bool kFull>
+PYQ_TARGET_VNNI inline void dw_store_u8(const __m512i (&acc)[4], const DwBlock& blk, __m512 inv, __m512 c256,
+                                        __m512i zp16, __m512i lo16, __m512i ctrl, uint8_t* out, __mmask64 mask) {
+  __m512i q[4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[j]), blk.mult[j]);
+    y = _mm512_add_ps(y, blk.bias[j]);
+    q[j] = _mm512_cvtps_epi32(_mm512_min_ps(c256, _mm512_mul_ps(y, inv)));
+  }
+  __m512i p01 = _mm512_adds_epi16(_mm512_packs_epi32(q[0], q[1]), zp16);
+  __m512i p23 = _mm512_adds_epi16(_mm512_packs_epi32(q[2], q[3]), zp16);
+  p01 = _mm512_max_epi16(p01, lo16);
+  p23 = _mm512_max_epi16(p23, lo16);
+  const __m512i bytes = _mm512_shuffle_epi8(_mm512_packus_epi16(p01, p23), ctrl);
+  if (kFull) {
+    _mm512_storeu_si512(out, bytes);
+  } else {
+    _mm512_mask_storeu_epi8(out, mask, bytes);
+  }
+}
+
+// float32: y (with ReLU as requantize.h: max(y, 0)), then a 4 x 4 transpose of floats inside each
+// 128-bit lane (t_i lane k = channels 16k + 4i .. + 3) and one of the 128-bit lanes (V_k = channels
+// 16k .. 16k + 15).
+template <bool kFull>
+PYQ_TARGET_VNNI inline void dw_store_f32(const __m512i (&acc)[4], const DwBlock& blk, bool relu, float* out,
+                                         int valid) {
+  __m512 y[4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    y[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[j]), blk.mult[j]);
+    y[j] = _mm512_add_ps(y[j], blk.bias[j]);
+    if (relu) y[j] = _mm512_max_ps(y[j], _mm512_setzero_ps());
+  }
+  const __m512 lo01 = _mm512_unpacklo_ps(y[0], y[1]), hi01 = _mm512_unpackhi_ps(y[0], y[1]);
+  const __m512 lo23 = _mm512_unpacklo_ps(y[2], y[3]), hi23 = _mm512_unpackhi_ps(y[2], y[3]);
+  const __m512 t0 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(lo01), _mm512_castps_pd(lo23)));
+  const __m512 t1 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(lo01), _mm512_castps_pd(lo23)));
+  const __m512 t2 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(hi01), _mm512_castps_pd(hi23)));
+  const __m512 t3 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(hi01), _mm512_castps_pd(hi23)));
+  const __m512 u01a = _mm512_shuffle_f32x4(t0, t1, 0x44), u23a = _mm512_shuffle_f32x4(t2, t3, 0x44);
+  const __m512 u01b = _mm512_shuffle_f32x4(t0, t1, 0xEE), u23b = _mm512_shuffle_f32x4(t2, t3, 0xEE);
+  const __m512 v[4] = {_mm512_shuffle_f32x4(u01a, u23a, 0x88), _mm512_shuffle_f32x4(u01a, u23a, 0xDD),
+                       _mm512_shuffle_f32x4(u01b, u23b, 0x88), _mm512_shuffle_f32x4(u01b, u23b, 0xDD)};
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {
+    if (kFull) {
+      _mm512_storeu_ps(out + 16 * k, v[k]);
+    } else {
+      const __mmask16 m = lane_mask(valid - 16 * k);
+      if (m) _mm512_mask_storeu_ps(out + 16 * k, m, v[k]);
+    }
+  }
+}
+
+// The accumulators of one pixel and block: tap t's 64 channel bytes start at tap[t].
+template <int kTaps, bool kFull>
+PYQ_TARGET_VNNI inline void dw_accumulate(const uint8_t* const (&tap)[kTaps], const int8_t* __restrict wb,
+                                          const DwBlock& blk, __mmask64 mask, __m512i (&acc)[4]) {
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) acc[j] = blk.init[j];
+#pragma GCC unroll 25
+  for (int t = 0; t < kTaps; ++t) {
+    const __m512i xv = kFull ? _mm512_loadu_si512(tap[t]) : _mm512_maskz_loadu_epi8(mask, tap[t]);
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j)
+      acc[j] = _mm512_dpbusd_epi32(acc[j], xv, _mm512_loadu_si512(wb + (t * 4 + j) * 64));
+  }
+}
+
+// The call's epilogue constants and one block's output position.
+struct DwOut {
+  __m512 inv, c256;
+  __m512i zp16, lo16, ctrl;
+  int64_t c0;
+  int valid;
+  __mmask64 mask;
+};
+
+// Accumulate and store one output pixel ow of a block (no lambdas here: they would not inherit the
+// target attribute).
+template <int kTaps, bool kFull>
+PYQ_TARGET_VNNI inline void dw_pixel(const uint8_t* const (&tap)[kTaps], const int8_t* __restrict wb,
+                                     const DwBlock& blk, const DwOut& o, const Epilogue& e, int64_t ow) {
+  __m512i acc[4];
+  dw_accumulate<kTaps, kFull>(tap, wb, blk, o.mask, acc);
+  if (e.requantize) {
+    dw_store_u8<kFull>(acc, blk, o.inv, o.c256, o.zp16, o.lo16, o.ctrl, e.out_u8 + ow * e.ld_out + o.c0, o.mask);
+  } else {
+    dw_store_f32<kFull>(acc, blk, e.relu, e.out_f + ow * e.ld_out + o.c0, o.valid);
+  }
+}
+
+// Border pixels: taps outside the image's columns read zero-point bytes.
+template <int kKH, int kKW, bool kFull>
+PYQ_TARGET_VNNI inline void dw_border_pixel(const DepthwiseArgs& a, const DepthwiseVnniPlan& p,
+                                            const uint8_t* const (&rb)[kKH], const int8_t* __restrict wb,
+                                            const DwBlock& blk, const DwOut& o, const Epilogue& e, int64_t ow) {
+  const uint8_t* tap[kKH * kKW];
+  for (int kw = 0; kw < kKW; ++kw) {
+    const int64_t iw = ow * a.stride_w - a.pad_w + kw * a.dil_w;
+    const bool ok = iw >= 0 && iw < a.W;
+    for (int kh = 0; kh < kKH; ++kh) tap[kh * kKW + kw] = ok ? rb[kh] + iw * a.C + o.c0 : p.zero_rows + o.c0;
+  }
+  dw_pixel<kKH * kKW, kFull>(tap, wb, blk, o, e, ow);
+}
+
+// Two pixels at once: each weight vector is loaded once for both, and the two pixels' 8 accumulator
+// chains (9 dependent vpdpbusd each for 3 x 3) interleave.
+template <int kTaps, bool kFull>
+PYQ_TARGET_VNNI inline void dw_pixel2(const uint8_t* const (&tap)[kTaps], int64_t next, const int8_t* __restrict wb,
+                                      const DwBlock& blk, const DwOut& o, const Epilogue& e, int64_t ow) {
+  __m512i acc0[4], acc1[4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) acc0[j] = acc1[j] = blk.init[j];
+#pragma GCC unroll 25
+  for (int t = 0; t < kTaps; ++t) {
+    const __m512i x0 = kFull ? _mm512_loadu_si512(tap[t]) : _mm512_maskz_loadu_epi8(o.mask, tap[t]);
+    const __m512i x1 = kFull ? _mm512_loadu_si512(tap[t] + next) : _mm512_maskz_loadu_epi8(o.mask, tap[t] + next);
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const __m512i w = _mm512_loadu_si512(wb + (t * 4 + j) * 64);
+      acc0[j] = _mm512_dpbusd_epi32(acc0[j], x0, w);
+      acc1[j] = _mm512_dpbusd_epi32(acc1[j], x1, w);
+    }
+  }
+  if (e.requantize) {
+    uint8_t* out = e.out_u8 + ow * e.ld_out + o.c0;
+    dw_store_u8<kFull>(acc0, blk, o.inv, o.c256, o.zp16, o.lo16, o.ctrl, out, o.mask);
+    dw_store_u8<kFull>(acc1, blk, o.inv, o.c256, o.zp16, o.lo16, o.ctrl, out + e.ld_out, o.mask);
+  } else {
+    float* out = e.out_f + ow * e.ld_out + o.c0;
+    dw_store_f32<kFull>(acc0, blk, e.relu, out, o.valid);
+    dw_store_f32<kFull>(acc1, blk, e.relu, out + e.ld_out, o.valid);
+  }
+}
+
+template <int kKH, int kKW, bool kFull>
+PYQ_TARGET_VNNI void dw_block_row(const DepthwiseArgs& a, const DepthwiseVnniPlan& p, const Epilogue& e,
+                                  const uint8_t* const (&rb)[kKH], int64_t ow_lo, int64_t ow_hi, int64_t b) {
+  constexpr int kTaps = kKH * kKW;
+  DwOut o;
+  o.c0 = b * 64;
+  o.valid = static_cast<int>(a.C - o.c0 < 64 ? a.C - o.c0 : 64);
+  o.mask = o.valid >= 64 ? ~__mmask64{0} : ((__mmask64{1} << o.valid) - 1);
+  o.inv = _mm512_set1_ps(e.inv_out_scale);
+  o.c256 = _mm512_set1_ps(256.0f);
+  o.zp16 = _mm512_set1_epi16(static_cast<int16_t>(e.out_zero_point));
+  o.lo16 = e.relu ? o.zp16 : _mm512_set1_epi16(INT16_MIN);
+  // Byte 4i + j of each 16-byte lane takes byte 4j + i: {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15}.
+  constexpr int d0 = 0x0C080400, d1 = 0x0D090501, d2 = 0x0E0A0602, d3 = 0x0F0B0703;
+  o.ctrl = _mm512_setr_epi32(d0, d1, d2, d3, d0, d1, d2, d3, d0, d1, d2, d3, d0, d1, d2, d3);
+  DwBlock blk;
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    blk.init[j] = _mm512_loadu_si512(p.acc_init + b * 64 + j * 16);
+    blk.mult[j] = _mm512_loadu_ps(p.multiplier + b * 64 + j * 16);
+    blk.bias[j] = _mm512_loadu_ps(p.bias + b * 64 + j * 16);
+  }
+  const int8_t* wb = p.w + b * kTaps * 256;
+  const int64_t C = a.C;
+  const int64_t col_step = a.dil_w * C;
+  for (int64_t ow = 0; ow < ow_lo; ++ow) dw_border_pixel<kKH, kKW, kFull>(a, p, rb, wb, blk, o, e, ow);
+  const int64_t next = a.stride_w * C;  // the next output pixel's taps
+  for (int64_t ow = ow_lo; ow < ow_hi; ow += 2) {
+    const int64_t q = (ow * a.stride_w - a.pad_w) * C + o.c0;
+    const uint8_t* tap[kTaps];
+#pragma GCC unroll 5
+    for (int kh = 0; kh < kKH; ++kh)
+#pragma GCC unroll 5
+      for (int kw = 0; kw < kKW; ++kw) tap[kh * kKW + kw] = rb[kh] + q + kw * col_step;
+    if (ow + 1 < ow_hi) {
+      dw_pixel2<kTaps, kFull>(tap, next, wb, blk, o, e, ow);
+    } else {
+      dw_pixel<kTaps, kFull>(tap, wb, blk, o, e, ow);
+    }
+  }
+  for (int64_t ow = ow_hi; ow < a.OW; ++ow) dw_border_pixel<kKH, kKW, kFull>(a, p, rb, wb, blk, o, e, ow);
+}
+
+template <int kKH, int kKW>
+PYQ_TARGET_VNNI void dw_row(const DepthwiseArgs& a, const DepthwiseVnniPlan& p, int64_t oh, const Epilogue& e) {
+  const uint8_t* rb[kKH];
+  for (int kh = 0; kh < kKH; ++kh) {
+    const int64_t ih = oh * a.stride_h - a.pad_h + kh * a.dil_h;
+    rb[kh] = ih >= 0 && ih < a.H ? a.x + ih * a.W * a.C : p.zero_rows;
+  }
+  // Output columns whose taps all lie inside the image: ow * sw - pw >= 0 and
+  // ow * sw - pw + (KW - 1) * dw <= W - 1.
+  int64_t ow_lo = (a.pad_w + a.stride_w - 1) / a.stride_w;
+  const int64_t last = a.W - 1 - (kKW - 1) * a.dil_w + a.pad_w;
+  int64_t ow_hi = last < 0 ? 0 : last / a.stride_w + 1;
+  ow_lo = ow_lo < a.OW ? ow_lo : a.OW;
+  ow_hi = ow_hi < a.OW ? ow_hi : a.OW;
+  if (ow_hi < ow_lo) ow_hi = ow_lo;
+  const int64_t blocks = depthwise_vnni_blocks(a.C);
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (a.C - b * 64 >= 64) {
+      dw_block_row<kKH, kKW, true>(a, p, e, rb, ow_lo, ow_hi, b);
+    } else {
+      dw_block_row<kKH, kKW, false>(a, p, e, rb, ow_lo, ow_hi, b);
+    }
+  }
+}
+
+}  // namespace
+
+PYQ_TARGET_VNNI void depthwise_row_vnni(const DepthwiseArgs& a, const DepthwiseVnniPlan& p, int64_t oh,
+                                        const Epilogue& e) {
+  if (a.KH == 3 && a.KW == 3) return dw_row<3, 3>(a, p, oh, e);
+  if (a.KH == 5 && a.KW == 5) return dw_row<5, 5>(a, p, oh, e);
+}
+
 // im2col runs: 64 bytes per instruction (masked tail) instead of the 16 of the baseline build.
 PYQ_TARGET_VNNI void copy_bytes_avx512(uint8_t* dst, const uint8_t* src, int64_t n) {
   int64_t i = 0;
@@ -507,6 +775,18 @@ void strip_panel_vnni(const uint8_t* a, const int8_t* b, int64_t k4, int rows, i
   strip_panel_scalar(a, b, k4, rows, cols, e);
 }
 void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, const Epilogue& e) { depthwise_row_scalar(a, oh, e); }
+void depthwise_row_vnni(const DepthwiseArgs&, const DepthwiseVnniPlan&, int64_t, const Epilogue&) {}
+void depthwise_vnni_prepare(const int8_t* w_payload, int64_t C, int64_t C_pad, int64_t taps,
+                            const int32_t* zero_point_term, const float* multiplier, const float* bias,
+                            int8_t* w_out, int32_t* acc_init_out, float* multiplier_out, float* bias_out) {
+  const int64_t blocks = depthwise_vnni_blocks(C);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t t = 0; t < taps; ++t)
+      for (int j = 0; j < 4; ++j)
+        for (int i = 0; i < 64; ++i)
+          w_out[((b * taps + t) * 4 + j) * 64 + i] = i % 4 == j ? w_payload[t * C_pad + b * 64 + i] : int8_t{0};
+  depthwise_vnni_prepare_params(C, zero_point_term, multiplier, bias, acc_init_out, multiplier_out, bias_out);
+}
 bool cpu_has_amx() { return false; }
 void copy_bytes_avx512(uint8_t* dst, const uint8_t* src, int64_t n) { std::memcpy(dst, src, n); }
 void amx_begin() {}
