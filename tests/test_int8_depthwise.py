@@ -62,13 +62,13 @@ def _check(kernel, x, wq, ws, b, stride, padding, dilation=1, x_zp=77, hit_clamp
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("c", [1, 3, 17, 64, 96, 144])
+@pytest.mark.parametrize("c", [1, 3, 16, 17, 32, 64, 96, 144])  # 16, 32: adjacent pixels share a vector
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("padding", [0, 1])
 def test_depthwise_matches_reference(kernel, c, stride, padding):
     g = torch.Generator().manual_seed(c * 10 + stride + padding)
     subcases = [(1, 7, 7, "channels_last", 0), (3, 15, 15, "contiguous", 255), (3, 7, 15, "channels_last", 131)]
-    if c <= 17:
+    if c <= 32:
         subcases.append((1, 112, 112, "contiguous", 77))
     for n, h, w, layout, x_zp in subcases:
         x, wq, ws, b = _case(n, c, h, w, gen=g)
@@ -76,26 +76,28 @@ def test_depthwise_matches_reference(kernel, c, stride, padding):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("c", [32, 70])
 @pytest.mark.parametrize("h,w,padding", [(1, 1, 1), (2, 5, 1), (3, 3, 0), (1, 9, 2), (4, 2, 3)])
-def test_depthwise_border_only(kernel, h, w, padding):
+def test_depthwise_border_only(kernel, c, h, w, padding):
     # Outputs whose every pixel (or every row) reads padding: no interior columns, or none at all.
     g = torch.Generator().manual_seed(h * 100 + w)
-    x, wq, ws, b = _case(2, 70, h, w, gen=g)
+    x, wq, ws, b = _case(2, c, h, w, gen=g)
     for stride in (1, 2):
         _check(kernel, x, wq, ws, b, stride, padding, x_zp=200, hit_clamps=False)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("k,stride,padding,dilation", [(5, 1, 2, 1), (5, 2, 4, 2), (3, (2, 1), (2, 1), (2, 1)),
-                                                       (3, (1, 2), (0, 1), (1, 3))])
-def test_depthwise_kernel_size_and_dilation(kernel, k, stride, padding, dilation):
+                                                       (3, (1, 2), (0, 1), (1, 3)), (3, (2, 1), 1, (1, 2))])
+@pytest.mark.parametrize("c", [32, 80])
+def test_depthwise_kernel_size_and_dilation(kernel, k, stride, padding, dilation, c):
     g = torch.Generator().manual_seed(k)
-    x, wq, ws, b = _case(2, 80, 13, 11, k=k, gen=g)
+    x, wq, ws, b = _case(2, c, 13, 11, k=k, gen=g)
     _check(kernel, make_layout(x, "channels_last"), wq, ws, b, stride, padding, dilation)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("c", [17, 144])
+@pytest.mark.parametrize("c", [16, 17, 144])
 @pytest.mark.parametrize("xv,wv,x_zp", [(255, -128, 0), (255, 127, 0), (0, -128, 255), (0, 127, 255),
                                          (255, -128, 255)])
 def test_depthwise_extreme_values(kernel, c, xv, wv, x_zp):

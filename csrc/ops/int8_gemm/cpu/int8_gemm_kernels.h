@@ -110,6 +110,37 @@ inline bool depthwise_vnni_supports(int64_t KH, int64_t KW) { return (KH == 3 &&
 // One output row (n, oh); e: only relu, requantize, inv_out_scale, out_zero_point, the output and ld_out.
 void depthwise_row_vnni(const DepthwiseArgs& a, const DepthwiseVnniPlan& p, int64_t oh, const Epilogue& e);
 
+// The 3 x 3 variant (any stride, padding, dilation): the 3 kernel rows are interleaved into the bytes of a
+// dword, so one vpdpbusd does 3 taps of 16 channels (12 per pixel and 64 channels instead of 36). Each
+// input column of a block's output row is interleaved once (8 byte shuffles) into a per-thread scratch
+// and read by the (up to 3) output pixels that use it; the kernel's 12 weight vectors stay in registers.
+// Lane 4k + i of vector m holds channel 16k + 4m + i, so the uint8 packs come out in channel order.
+struct DepthwiseVnniRowsPlan {
+  const int8_t* w;           // [blocks][kw = 3][m = 4][64]: dword (w[0][kw], w[1][kw], w[2][kw], 0) of a channel
+  const int32_t* acc_init;   // [blocks][m = 4][16]: -zx * col_sum (0 past C)
+  const float* multiplier;   // [blocks][4][16]
+  const float* bias;         // [blocks][4][16]
+  const uint8_t* zero_rows;  // as DepthwiseVnniPlan::zero_rows
+  // 1: blocks of 64 channels. 2 or 4 (C = 32 or 16, stride_w 1): one vector holds `pixels` adjacent
+  // pixels of all C channels (the weights and constants above are then prepared for 64 virtual channels,
+  // channel c % C at byte c), so narrow layers use the whole vector.
+  int64_t pixels;
+};
+inline int64_t depthwise_vnni_rows_pixels(int64_t C, int64_t stride_w) {
+  return stride_w == 1 && (C == 16 || C == 32) ? 64 / C : 1;
+}
+constexpr int64_t kDwChunk = 32;  // output columns per scratch fill
+inline bool depthwise_vnni_rows_supports(int64_t KH, int64_t KW) { return KH == 3 && KW == 3; }
+inline int64_t depthwise_vnni_rows_scratch_bytes(int64_t stride_w, int64_t dil_w) {
+  return ((kDwChunk - 1) * stride_w + 2 * dil_w + 1) * 256 + 64;
+}
+void depthwise_vnni_rows_prepare(const int8_t* w_payload, int64_t C, int64_t C_pad, const int32_t* zero_point_term,
+                                 const float* multiplier, const float* bias, int8_t* w_out, int32_t* acc_init_out,
+                                 float* multiplier_out, float* bias_out);
+// scratch: depthwise_vnni_rows_scratch_bytes bytes owned by the calling thread.
+void depthwise_row_vnni_rows(const DepthwiseArgs& a, const DepthwiseVnniRowsPlan& p, int64_t oh, const Epilogue& e,
+                             uint8_t* scratch);
+
 bool cpu_has_vnni();
 bool cpu_has_avx2();
 

@@ -660,7 +660,272 @@ PYQ_TARGET_VNNI void dw_row(const DepthwiseArgs& a, const DepthwiseVnniPlan& p, 
   }
 }
 
+// ---- the 3 x 3 row-interleaved variant (DepthwiseVnniRowsPlan)
+
+// dword lane 4k + i of out[m] = (r0[c], r1[c], r2[c], r2[c]) of byte c = 16k + 4m + i of the three rows.
+PYQ_TARGET_VNNI inline void dw_interleave3(__m512i r0, __m512i r1, __m512i r2, __m512i (&out)[4]) {
+  const __m512i a_lo = _mm512_unpacklo_epi8(r0, r1), a_hi = _mm512_unpackhi_epi8(r0, r1);
+  const __m512i b_lo = _mm512_unpacklo_epi8(r2, r2), b_hi = _mm512_unpackhi_epi8(r2, r2);
+  out[0] = _mm512_unpacklo_epi16(a_lo, b_lo);
+  out[1] = _mm512_unpackhi_epi16(a_lo, b_lo);
+  out[2] = _mm512_unpacklo_epi16(a_hi, b_hi);
+  out[3] = _mm512_unpackhi_epi16(a_hi, b_hi);
+}
+
+// uint8 epilogue as dw_store_u8, for accumulators already in channel order after the packs.
+template <bool kFull>
+PYQ_TARGET_VNNI inline void dw_rows_store_u8(const __m512i (&acc)[4], const DwBlock& blk, const DwOut& o,
+                                             uint8_t* out) {
+  __m512i q[4];
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[m]), blk.mult[m]);
+    y = _mm512_add_ps(y, blk.bias[m]);
+    q[m] = _mm512_cvtps_epi32(_mm512_min_ps(o.c256, _mm512_mul_ps(y, o.inv)));
+  }
+  __m512i p01 = _mm512_adds_epi16(_mm512_packs_epi32(q[0], q[1]), o.zp16);
+  __m512i p23 = _mm512_adds_epi16(_mm512_packs_epi32(q[2], q[3]), o.zp16);
+  p01 = _mm512_max_epi16(p01, o.lo16);
+  p23 = _mm512_max_epi16(p23, o.lo16);
+  const __m512i bytes = _mm512_packus_epi16(p01, p23);
+  if (kFull) {
+    _mm512_storeu_si512(out, bytes);
+  } else {
+    _mm512_mask_storeu_epi8(out, o.mask, bytes);
+  }
+}
+
+// float32: 128-bit lane k of y[m] holds channels 16k + 4m .. + 3; a 4 x 4 transpose of the 128-bit lanes.
+template <bool kFull>
+PYQ_TARGET_VNNI inline void dw_rows_store_f32(const __m512i (&acc)[4], const DwBlock& blk, bool relu, float* out,
+                                              int valid) {
+  __m512 y[4];
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {
+    y[m] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[m]), blk.mult[m]);
+    y[m] = _mm512_add_ps(y[m], blk.bias[m]);
+    if (relu) y[m] = _mm512_max_ps(y[m], _mm512_setzero_ps());
+  }
+  const __m512 u01a = _mm512_shuffle_f32x4(y[0], y[1], 0x44), u23a = _mm512_shuffle_f32x4(y[2], y[3], 0x44);
+  const __m512 u01b = _mm512_shuffle_f32x4(y[0], y[1], 0xEE), u23b = _mm512_shuffle_f32x4(y[2], y[3], 0xEE);
+  const __m512 v[4] = {_mm512_shuffle_f32x4(u01a, u23a, 0x88), _mm512_shuffle_f32x4(u01a, u23a, 0xDD),
+                       _mm512_shuffle_f32x4(u01b, u23b, 0x88), _mm512_shuffle_f32x4(u01b, u23b, 0xDD)};
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {
+    if (kFull) {
+      _mm512_storeu_ps(out + 16 * k, v[k]);
+    } else {
+      const __mmask16 m = lane_mask(valid - 16 * k);
+      if (m) _mm512_mask_storeu_ps(out + 16 * k, m, v[k]);
+    }
+  }
+}
+
+template <bool kFull>
+PYQ_TARGET_VNNI void dw_rows_block_row(const DepthwiseArgs& a, const DepthwiseVnniRowsPlan& p, const Epilogue& e,
+                                       const uint8_t* const (&rb)[3], int64_t b, uint8_t* __restrict scratch) {
+  DwOut o;
+  o.c0 = b * 64;
+  o.valid = static_cast<int>(a.C - o.c0 < 64 ? a.C - o.c0 : 64);
+  o.mask = o.valid >= 64 ? ~__mmask64{0} : ((__mmask64{1} << o.valid) - 1);
+  o.inv = _mm512_set1_ps(e.inv_out_scale);
+  o.c256 = _mm512_set1_ps(256.0f);
+  o.zp16 = _mm512_set1_epi16(static_cast<int16_t>(e.out_zero_point));
+  o.lo16 = e.relu ? o.zp16 : _mm512_set1_epi16(INT16_MIN);
+  DwBlock blk;
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {
+    blk.init[m] = _mm512_loadu_si512(p.acc_init + b * 64 + m * 16);
+    blk.mult[m] = _mm512_loadu_ps(p.multiplier + b * 64 + m * 16);
+    blk.bias[m] = _mm512_loadu_ps(p.bias + b * 64 + m * 16);
+  }
+  __m512i wr[3][4];
+#pragma GCC unroll 3
+  for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; ++m) wr[kw][m] = _mm512_loadu_si512(p.w + ((b * 3 + kw) * 4 + m) * 64);
+  const __m512i zx_col = _mm512_set1_epi8(static_cast<char>(a.x_zero_point));
+  const int64_t C = a.C, sw = a.stride_w, dw = a.dil_w;
+  __m512i* const col = reinterpret_cast<__m512i*>(scratch);
+  for (int64_t ow0 = 0; ow0 < a.OW; ow0 += kDwChunk) {
+    const int64_t ow1 = ow0 + kDwChunk < a.OW ? ow0 + kDwChunk : a.OW;
+    // Interleave the chunk's input columns (zero-point bytes outside the image).
+    const int64_t iw0 = ow0 * sw - a.pad_w;
+    const int64_t ncols = (ow1 - 1 - ow0) * sw + 2 * dw + 1;
+    for (int64_t j = 0; j < ncols; ++j) {
+      const int64_t iw = iw0 + j;
+      if (iw < 0 || iw >= a.W) {
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) _mm512_store_si512(col + j * 4 + m, zx_col);
+        continue;
+      }
+      const int64_t off = iw * C + o.c0;
+      __m512i r[3];
+#pragma GCC unroll 3
+      for (int kh = 0; kh < 3; ++kh)
+        r[kh] = kFull ? _mm512_loadu_si512(rb[kh] + off) : _mm512_maskz_loadu_epi8(o.mask, rb[kh] + off);
+      __m512i d[4];
+      dw_interleave3(r[0], r[1], r[2], d);
+#pragma GCC unroll 4
+      for (int m = 0; m < 4; ++m) _mm512_store_si512(col + j * 4 + m, d[m]);
+    }
+    for (int64_t ow = ow0; ow < ow1; ++ow) {
+      const __m512i* c = col + (ow - ow0) * sw * 4;
+      __m512i acc[4];
+#pragma GCC unroll 4
+      for (int m = 0; m < 4; ++m) acc[m] = blk.init[m];
+#pragma GCC unroll 3
+      for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) acc[m] = _mm512_dpbusd_epi32(acc[m], _mm512_load_si512(c + kw * dw * 4 + m), wr[kw][m]);
+      if (e.requantize) {
+        dw_rows_store_u8<kFull>(acc, blk, o, e.out_u8 + ow * e.ld_out + o.c0);
+      } else {
+        dw_rows_store_f32<kFull>(acc, blk, e.relu, e.out_f + ow * e.ld_out + o.c0, o.valid);
+      }
+    }
+  }
+}
+
+// pixels > 1: vector v of the row holds output pixels v * P .. v * P + P - 1 (all C channels each, P * C
+// = 64 bytes); its input column at kernel column kw is the 64 bytes from input pixel v * P - pw + kw * dw
+// (stride 1), with the bytes of pixels outside the image replaced by zero-point bytes.
+PYQ_TARGET_VNNI void dw_rows_packed_row(const DepthwiseArgs& a, const DepthwiseVnniRowsPlan& p, const Epilogue& e,
+                                        const uint8_t* const (&rb)[3], uint8_t* __restrict scratch) {
+  const int64_t P = p.pixels, C = a.C, dw = a.dil_w;
+  DwOut o;
+  o.c0 = 0;
+  o.valid = 64;
+  o.mask = ~__mmask64{0};
+  o.inv = _mm512_set1_ps(e.inv_out_scale);
+  o.c256 = _mm512_set1_ps(256.0f);
+  o.zp16 = _mm512_set1_epi16(static_cast<int16_t>(e.out_zero_point));
+  o.lo16 = e.relu ? o.zp16 : _mm512_set1_epi16(INT16_MIN);
+  DwBlock blk;
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {
+    blk.init[m] = _mm512_loadu_si512(p.acc_init + m * 16);
+    blk.mult[m] = _mm512_loadu_ps(p.multiplier + m * 16);
+    blk.bias[m] = _mm512_loadu_ps(p.bias + m * 16);
+  }
+  __m512i wr[3][4];
+#pragma GCC unroll 3
+  for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; ++m) wr[kw][m] = _mm512_loadu_si512(p.w + (kw * 4 + m) * 64);
+  const __m512i zx_col = _mm512_set1_epi8(static_cast<char>(a.x_zero_point));
+  __m512i* const col = reinterpret_cast<__m512i*>(scratch);
+  const int64_t NV = (a.OW + P - 1) / P;
+  const int64_t chunk = kDwChunk / P;  // vectors per scratch fill: at most kDwChunk + 2 dw columns
+  for (int64_t v0 = 0; v0 < NV; v0 += chunk) {
+    const int64_t v1 = v0 + chunk < NV ? v0 + chunk : NV;
+    const int64_t iw0 = v0 * P - a.pad_w;
+    const int64_t ncols = (v1 - 1 - v0) * P + 2 * dw + 1;
+    for (int64_t j = 0; j < ncols; ++j) {
+      const int64_t iw = iw0 + j;  // first input pixel of the column
+      const int64_t lo = iw < 0 ? -iw : 0;
+      const int64_t hi = a.W - iw < P ? a.W - iw : P;  // pixels [lo, hi) of the column lie in the image
+      if (hi <= lo) {
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) _mm512_store_si512(col + j * 4 + m, zx_col);
+        continue;
+      }
+      const __mmask64 in = (hi * C >= 64 ? ~__mmask64{0} : ((__mmask64{1} << (hi * C)) - 1)) &
+                           ~((__mmask64{1} << (lo * C)) - 1);
+      __m512i r[3];
+#pragma GCC unroll 3
+      for (int kh = 0; kh < 3; ++kh) {
+        // The column may start before the row (iw < 0): its masked-off bytes are not read (AVX-512 masked
+        // loads do not fault on them).
+        const auto* src = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(rb[kh]) + iw * C);
+        r[kh] = _mm512_mask_loadu_epi8(zx_col, in, src);
+      }
+      __m512i d[4];
+      dw_interleave3(r[0], r[1], r[2], d);
+#pragma GCC unroll 4
+      for (int m = 0; m < 4; ++m) _mm512_store_si512(col + j * 4 + m, d[m]);
+    }
+    for (int64_t v = v0; v < v1; ++v) {
+      const __m512i* c = col + (v - v0) * P * 4;
+      __m512i acc[4];
+#pragma GCC unroll 4
+      for (int m = 0; m < 4; ++m) acc[m] = blk.init[m];
+#pragma GCC unroll 3
+      for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) acc[m] = _mm512_dpbusd_epi32(acc[m], _mm512_load_si512(c + kw * dw * 4 + m), wr[kw][m]);
+      const int64_t px = a.OW - v * P < P ? a.OW - v * P : P;
+      const int64_t ow = v * P;
+      if (px == P) {
+        if (e.requantize) {
+          dw_rows_store_u8<true>(acc, blk, o, e.out_u8 + ow * e.ld_out);
+        } else {
+          dw_rows_store_f32<true>(acc, blk, e.relu, e.out_f + ow * e.ld_out, 64);
+        }
+      } else {
+        DwOut ot = o;
+        ot.valid = static_cast<int>(px * C);
+        ot.mask = (__mmask64{1} << (px * C)) - 1;
+        if (e.requantize) {
+          dw_rows_store_u8<false>(acc, blk, ot, e.out_u8 + ow * e.ld_out);
+        } else {
+          dw_rows_store_f32<false>(acc, blk, e.relu, e.out_f + ow * e.ld_out, ot.valid);
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
+
+PYQ_TARGET_VNNI void depthwise_vnni_rows_prepare(const int8_t* w_payload, int64_t C, int64_t C_pad,
+                                                 const int32_t* zero_point_term, const float* multiplier,
+                                                 const float* bias, int8_t* w_out, int32_t* acc_init_out,
+                                                 float* multiplier_out, float* bias_out) {
+  const int64_t blocks = depthwise_vnni_blocks(C);
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int kw = 0; kw < 3; ++kw) {
+      // Taps (kh, kw) of the payload [kh * 3 + kw][C_pad]; the filler byte's weight is 0.
+      const __m512i r0 = _mm512_loadu_si512(w_payload + (0 * 3 + kw) * C_pad + b * 64);
+      const __m512i r1 = _mm512_loadu_si512(w_payload + (1 * 3 + kw) * C_pad + b * 64);
+      const __m512i r2 = _mm512_loadu_si512(w_payload + (2 * 3 + kw) * C_pad + b * 64);
+      const __m512i a_lo = _mm512_unpacklo_epi8(r0, r1), a_hi = _mm512_unpackhi_epi8(r0, r1);
+      const __m512i z = _mm512_setzero_si512();
+      const __m512i b_lo = _mm512_unpacklo_epi8(r2, z), b_hi = _mm512_unpackhi_epi8(r2, z);
+      const __m512i d[4] = {_mm512_unpacklo_epi16(a_lo, b_lo), _mm512_unpackhi_epi16(a_lo, b_lo),
+                            _mm512_unpacklo_epi16(a_hi, b_hi), _mm512_unpackhi_epi16(a_hi, b_hi)};
+      for (int m = 0; m < 4; ++m) _mm512_storeu_si512(w_out + ((b * 3 + kw) * 4 + m) * 64, d[m]);
+    }
+    for (int m = 0; m < 4; ++m)
+      for (int L = 0; L < 16; ++L) {
+        const int64_t c = b * 64 + 16 * (L / 4) + 4 * m + L % 4;
+        const int64_t o = b * 64 + m * 16 + L;
+        const bool ok = c < C;
+        acc_init_out[o] = ok ? -zero_point_term[c] : 0;
+        multiplier_out[o] = ok ? multiplier[c] : 0.0f;
+        bias_out[o] = ok ? bias[c] : 0.0f;
+      }
+  }
+}
+
+PYQ_TARGET_VNNI void depthwise_row_vnni_rows(const DepthwiseArgs& a, const DepthwiseVnniRowsPlan& p, int64_t oh,
+                                             const Epilogue& e, uint8_t* scratch) {
+  const uint8_t* rb[3];
+  for (int kh = 0; kh < 3; ++kh) {
+    const int64_t ih = oh * a.stride_h - a.pad_h + kh * a.dil_h;
+    rb[kh] = ih >= 0 && ih < a.H ? a.x + ih * a.W * a.C : p.zero_rows;
+  }
+  uint8_t* col = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+  if (p.pixels > 1) return dw_rows_packed_row(a, p, e, rb, col);
+  const int64_t blocks = depthwise_vnni_blocks(a.C);
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (a.C - b * 64 >= 64) {
+      dw_rows_block_row<true>(a, p, e, rb, b, col);
+    } else {
+      dw_rows_block_row<false>(a, p, e, rb, b, col);
+    }
+  }
+}
 
 PYQ_TARGET_VNNI void depthwise_row_vnni(const DepthwiseArgs& a, const DepthwiseVnniPlan& p, int64_t oh,
                                         const Epilogue& e) {
@@ -776,6 +1041,9 @@ void strip_panel_vnni(const uint8_t* a, const int8_t* b, int64_t k4, int rows, i
 }
 void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, const Epilogue& e) { depthwise_row_scalar(a, oh, e); }
 void depthwise_row_vnni(const DepthwiseArgs&, const DepthwiseVnniPlan&, int64_t, const Epilogue&) {}
+void depthwise_row_vnni_rows(const DepthwiseArgs&, const DepthwiseVnniRowsPlan&, int64_t, const Epilogue&, uint8_t*) {}
+void depthwise_vnni_rows_prepare(const int8_t*, int64_t, int64_t, const int32_t*, const float*, const float*, int8_t*,
+                                 int32_t*, float*, float*) {}
 void depthwise_vnni_prepare(const int8_t* w_payload, int64_t C, int64_t C_pad, int64_t taps,
                             const int32_t* zero_point_term, const float* multiplier, const float* bias,
                             int8_t* w_out, int32_t* acc_init_out, float* multiplier_out, float* bias_out) {
