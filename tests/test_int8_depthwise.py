@@ -141,3 +141,18 @@ def test_depthwise_bad_input():
         ops.int8_conv2d(x, 0.1, 0, p, None, 1, 1, 1, 8, 0.1, 256)
     with pytest.raises(ValueError, match="x_zero_point"):
         ops.int8_conv2d(x, 0.1, -1, p, groups=8)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("c", [32, 96])
+def test_depthwise_outputs_beyond_int32(kernel, c):
+    # y / out_scale far outside int32 (and +-inf): the uint8 epilogue keeps its float clamp and saturates.
+    g = torch.Generator().manual_seed(c)
+    x, wq, ws, _ = _case(1, c, 9, 9, gen=g)
+    b = torch.randn(c, generator=g) * 1e30
+    b[:4] = torch.tensor([float("inf"), -float("inf"), 3e9, -3e9])
+    packed = ops.pack_int8_weight(wq, ws, groups=c)
+    for out_scale in (1e-3, 1.0):
+        for relu in (False, True):
+            q = ops.int8_conv2d(x, 0.02, 5, packed, b, 1, 1, 1, c, out_scale, 17, relu, _kernel=kernel)
+            assert torch.equal(q, ref.int8_conv2d(x, 0.02, 5, wq, ws, b, 1, 1, 1, c, out_scale, 17, relu))

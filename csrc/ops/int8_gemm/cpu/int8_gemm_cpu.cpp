@@ -482,7 +482,10 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
       }
       const std::vector<uint8_t> zero_rows(static_cast<size_t>(g.w * g.c_in + 64),
                                            static_cast<uint8_t>(ep.x_zero_point));
-      const k8::DepthwiseVnniRowsPlan plan{w3.data(), init.data(), mult.data(), bias4.data(), zero_rows.data(), pixels};
+      const bool clamp = !(ep.requantize && k8::depthwise_vnni_rows_no_clamp(a.C, arr.multiplier.data(),
+                                                                              arr.bias.data(), ep.inv_out_scale));
+      const k8::DepthwiseVnniRowsPlan plan{w3.data(), init.data(), mult.data(), bias4.data(), zero_rows.data(), pixels,
+                                           clamp};
       const int64_t scratch_bytes = k8::depthwise_vnni_rows_scratch_bytes(g.stride[1], g.dilation[1]);
       at::parallel_for(0, g.batch * g.oh, 1, [&](int64_t begin, int64_t end) {
         std::vector<uint8_t> scratch(static_cast<size_t>(scratch_bytes));

@@ -125,7 +125,19 @@ struct DepthwiseVnniRowsPlan {
   // pixels of all C channels (the weights and constants above are then prepared for 64 virtual channels,
   // channel c % C at byte c), so narrow layers use the whole vector.
   int64_t pixels;
+  // false when |y / s_out| < 2^30 for every accumulator the kernel can produce (depthwise_vnni_rows_no_clamp):
+  // the uint8 epilogue then skips its float clamp.
+  bool clamp;
 };
+// |acc| <= 9 * 255 * 128 for a 3 x 3 kernel; the bound leaves a factor 2 for the float roundings.
+inline bool depthwise_vnni_rows_no_clamp(int64_t C, const float* multiplier, const float* bias, float inv_out_scale) {
+  for (int64_t c = 0; c < C; ++c) {
+    const float bound = (293760.0f * (multiplier[c] < 0 ? -multiplier[c] : multiplier[c]) +
+                         (bias[c] < 0 ? -bias[c] : bias[c])) * inv_out_scale;
+    if (!(bound < 1073741824.0f)) return false;  // also false for NaN / inf
+  }
+  return true;
+}
 inline int64_t depthwise_vnni_rows_pixels(int64_t C, int64_t stride_w) {
   return stride_w == 1 && (C == 16 || C == 32) ? 64 / C : 1;
 }

@@ -673,7 +673,9 @@ PYQ_TARGET_VNNI inline void dw_interleave3(__m512i r0, __m512i r1, __m512i r2, _
 }
 
 // uint8 epilogue as dw_store_u8, for accumulators already in channel order after the packs.
-template <bool kFull>
+// kClamp false: the caller proved |y / s_out| < 2^30 for every possible accumulator, so vcvtps2dq is
+// exact without the min (int16 saturation still maps everything above 255 to 255).
+template <bool kFull, bool kClamp = true>
 PYQ_TARGET_VNNI inline void dw_rows_store_u8(const __m512i (&acc)[4], const DwBlock& blk, const DwOut& o,
                                              uint8_t* out) {
   __m512i q[4];
@@ -681,7 +683,8 @@ PYQ_TARGET_VNNI inline void dw_rows_store_u8(const __m512i (&acc)[4], const DwBl
   for (int m = 0; m < 4; ++m) {
     __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[m]), blk.mult[m]);
     y = _mm512_add_ps(y, blk.bias[m]);
-    q[m] = _mm512_cvtps_epi32(_mm512_min_ps(o.c256, _mm512_mul_ps(y, o.inv)));
+    const __m512 v = _mm512_mul_ps(y, o.inv);
+    q[m] = _mm512_cvtps_epi32(kClamp ? _mm512_min_ps(o.c256, v) : v);
   }
   __m512i p01 = _mm512_adds_epi16(_mm512_packs_epi32(q[0], q[1]), o.zp16);
   __m512i p23 = _mm512_adds_epi16(_mm512_packs_epi32(q[2], q[3]), o.zp16);
@@ -721,9 +724,10 @@ PYQ_TARGET_VNNI inline void dw_rows_store_f32(const __m512i (&acc)[4], const DwB
   }
 }
 
-template <bool kFull>
+template <bool kFull, bool kClamp>
 PYQ_TARGET_VNNI void dw_rows_block_row(const DepthwiseArgs& a, const DepthwiseVnniRowsPlan& p, const Epilogue& e,
-                                       const uint8_t* const (&rb)[3], int64_t b, uint8_t* __restrict scratch) {
+                                       const uint8_t* const (&rb)[3], int64_t b, uint8_t* __restrict scratch,
+                                       const uint8_t* pf, int64_t pf_rows) {
   DwOut o;
   o.c0 = b * 64;
   o.valid = static_cast<int>(a.C - o.c0 < 64 ? a.C - o.c0 : 64);
@@ -760,6 +764,11 @@ PYQ_TARGET_VNNI void dw_rows_block_row(const DepthwiseArgs& a, const DepthwiseVn
         continue;
       }
       const int64_t off = iw * C + o.c0;
+      // The input rows the next output row adds, one column ahead (the first block of the row only).
+      if (pf != nullptr)
+        for (int64_t r = 0; r < pf_rows; ++r)
+          for (int64_t q = 0; q < C; q += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(pf + r * a.W * C + iw * C + q), _MM_HINT_T1);
       __m512i r[3];
 #pragma GCC unroll 3
       for (int kh = 0; kh < 3; ++kh)
@@ -779,9 +788,104 @@ PYQ_TARGET_VNNI void dw_rows_block_row(const DepthwiseArgs& a, const DepthwiseVn
 #pragma GCC unroll 4
         for (int m = 0; m < 4; ++m) acc[m] = _mm512_dpbusd_epi32(acc[m], _mm512_load_si512(c + kw * dw * 4 + m), wr[kw][m]);
       if (e.requantize) {
-        dw_rows_store_u8<kFull>(acc, blk, o, e.out_u8 + ow * e.ld_out + o.c0);
+        dw_rows_store_u8<kFull, kClamp>(acc, blk, o, e.out_u8 + ow * e.ld_out + o.c0);
       } else {
         dw_rows_store_f32<kFull>(acc, blk, e.relu, e.out_f + ow * e.ld_out + o.c0, o.valid);
+      }
+    }
+  }
+}
+
+// The last block when it has <= 32 channels: the same kernel on 256-bit vectors (the low halves of the
+// block's weight and constant vectors hold its channels 0-31 in the same order), so a 16- or 32-channel
+// tail (C = 96, 144, ...) costs half a block; 256-bit ops also issue on one more port.
+PYQ_TARGET_VNNI void dw_rows_tail_row(const DepthwiseArgs& a, const DepthwiseVnniRowsPlan& p, const Epilogue& e,
+                                      const uint8_t* const (&rb)[3], int64_t b, uint8_t* __restrict scratch) {
+  const int64_t c0 = b * 64;
+  const int valid = static_cast<int>(a.C - c0);  // 1 .. 32
+  const __mmask32 mask = valid >= 32 ? ~__mmask32{0} : ((__mmask32{1} << valid) - 1);
+  const __m256 inv = _mm256_set1_ps(e.inv_out_scale), c256 = _mm256_set1_ps(256.0f);
+  const __m256i zp16 = _mm256_set1_epi16(static_cast<int16_t>(e.out_zero_point));
+  const __m256i lo16 = e.relu ? zp16 : _mm256_set1_epi16(INT16_MIN);
+  __m256i init[4], wr[3][4];
+  __m256 mult[4], bias[4];
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {
+    init[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.acc_init + b * 64 + m * 16));
+    mult[m] = _mm256_loadu_ps(p.multiplier + b * 64 + m * 16);
+    bias[m] = _mm256_loadu_ps(p.bias + b * 64 + m * 16);
+  }
+#pragma GCC unroll 3
+  for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; ++m)
+      wr[kw][m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + ((b * 3 + kw) * 4 + m) * 64));
+  const __m256i zx_col = _mm256_set1_epi8(static_cast<char>(a.x_zero_point));
+  const int64_t C = a.C, sw = a.stride_w, dw = a.dil_w;
+  __m256i* const col = reinterpret_cast<__m256i*>(scratch);
+  for (int64_t ow0 = 0; ow0 < a.OW; ow0 += kDwChunk) {
+    const int64_t ow1 = ow0 + kDwChunk < a.OW ? ow0 + kDwChunk : a.OW;
+    const int64_t iw0 = ow0 * sw - a.pad_w;
+    const int64_t ncols = (ow1 - 1 - ow0) * sw + 2 * dw + 1;
+    for (int64_t j = 0; j < ncols; ++j) {
+      const int64_t iw = iw0 + j;
+      if (iw < 0 || iw >= a.W) {
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) _mm256_store_si256(col + j * 4 + m, zx_col);
+        continue;
+      }
+      const int64_t off = iw * C + c0;
+      const __m256i r0 = _mm256_maskz_loadu_epi8(mask, rb[0] + off);
+      const __m256i r1 = _mm256_maskz_loadu_epi8(mask, rb[1] + off);
+      const __m256i r2 = _mm256_maskz_loadu_epi8(mask, rb[2] + off);
+      const __m256i a_lo = _mm256_unpacklo_epi8(r0, r1), a_hi = _mm256_unpackhi_epi8(r0, r1);
+      const __m256i b_lo = _mm256_unpacklo_epi8(r2, r2), b_hi = _mm256_unpackhi_epi8(r2, r2);
+      _mm256_store_si256(col + j * 4 + 0, _mm256_unpacklo_epi16(a_lo, b_lo));
+      _mm256_store_si256(col + j * 4 + 1, _mm256_unpackhi_epi16(a_lo, b_lo));
+      _mm256_store_si256(col + j * 4 + 2, _mm256_unpacklo_epi16(a_hi, b_hi));
+      _mm256_store_si256(col + j * 4 + 3, _mm256_unpackhi_epi16(a_hi, b_hi));
+    }
+    for (int64_t ow = ow0; ow < ow1; ++ow) {
+      const __m256i* c = col + (ow - ow0) * sw * 4;
+      __m256i acc[4];
+#pragma GCC unroll 4
+      for (int m = 0; m < 4; ++m) acc[m] = init[m];
+#pragma GCC unroll 3
+      for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) acc[m] = _mm256_dpbusd_epi32(acc[m], _mm256_load_si256(c + kw * dw * 4 + m), wr[kw][m]);
+      if (e.requantize) {
+        __m256i q[4];
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) {
+          __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[m]), mult[m]);
+          y = _mm256_add_ps(y, bias[m]);
+          q[m] = _mm256_cvtps_epi32(_mm256_min_ps(c256, _mm256_mul_ps(y, inv)));
+        }
+        __m256i p01 = _mm256_adds_epi16(_mm256_packs_epi32(q[0], q[1]), zp16);
+        __m256i p23 = _mm256_adds_epi16(_mm256_packs_epi32(q[2], q[3]), zp16);
+        p01 = _mm256_max_epi16(p01, lo16);
+        p23 = _mm256_max_epi16(p23, lo16);
+        _mm256_mask_storeu_epi8(e.out_u8 + ow * e.ld_out + c0, mask, _mm256_packus_epi16(p01, p23));
+      } else {
+        __m256 y[4];
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) {
+          y[m] = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[m]), mult[m]);
+          y[m] = _mm256_add_ps(y[m], bias[m]);
+          if (e.relu) y[m] = _mm256_max_ps(y[m], _mm256_setzero_ps());
+        }
+        // 128-bit lane k of y[m] holds channels 16k + 4m .. + 3.
+        const __m256 v[4] = {_mm256_permute2f128_ps(y[0], y[1], 0x20), _mm256_permute2f128_ps(y[2], y[3], 0x20),
+                             _mm256_permute2f128_ps(y[0], y[1], 0x31), _mm256_permute2f128_ps(y[2], y[3], 0x31)};
+        float* out = e.out_f + ow * e.ld_out + c0;
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) {
+          const int left = valid - 8 * q;
+          if (left <= 0) break;
+          _mm256_mask_storeu_ps(out + 8 * q, left >= 8 ? __mmask8{0xFF} : static_cast<__mmask8>((1u << left) - 1u),
+                                v[q]);
+        }
       }
     }
   }
@@ -790,6 +894,7 @@ PYQ_TARGET_VNNI void dw_rows_block_row(const DepthwiseArgs& a, const DepthwiseVn
 // pixels > 1: vector v of the row holds output pixels v * P .. v * P + P - 1 (all C channels each, P * C
 // = 64 bytes); its input column at kernel column kw is the 64 bytes from input pixel v * P - pw + kw * dw
 // (stride 1), with the bytes of pixels outside the image replaced by zero-point bytes.
+template <bool kClamp>
 PYQ_TARGET_VNNI void dw_rows_packed_row(const DepthwiseArgs& a, const DepthwiseVnniRowsPlan& p, const Epilogue& e,
                                         const uint8_t* const (&rb)[3], uint8_t* __restrict scratch) {
   const int64_t P = p.pixels, C = a.C, dw = a.dil_w;
@@ -858,7 +963,7 @@ PYQ_TARGET_VNNI void dw_rows_packed_row(const DepthwiseArgs& a, const DepthwiseV
       const int64_t ow = v * P;
       if (px == P) {
         if (e.requantize) {
-          dw_rows_store_u8<true>(acc, blk, o, e.out_u8 + ow * e.ld_out);
+          dw_rows_store_u8<true, kClamp>(acc, blk, o, e.out_u8 + ow * e.ld_out);
         } else {
           dw_rows_store_f32<true>(acc, blk, e.relu, e.out_f + ow * e.ld_out, 64);
         }
@@ -916,13 +1021,28 @@ PYQ_TARGET_VNNI void depthwise_row_vnni_rows(const DepthwiseArgs& a, const Depth
     rb[kh] = ih >= 0 && ih < a.H ? a.x + ih * a.W * a.C : p.zero_rows;
   }
   uint8_t* col = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
-  if (p.pixels > 1) return dw_rows_packed_row(a, p, e, rb, col);
+  if (p.pixels > 1) {
+    return p.clamp ? dw_rows_packed_row<true>(a, p, e, rb, col) : dw_rows_packed_row<false>(a, p, e, rb, col);
+  }
+  // Rows ih2 + 1 .. ih2 + stride_h (ih2: this row's last kernel row) that lie in the image.
+  const int64_t ih2 = oh * a.stride_h - a.pad_h + 2 * a.dil_h;
+  const int64_t pf_first = ih2 + 1 < 0 ? 0 : ih2 + 1;
+  const int64_t pf_last = ih2 + a.stride_h < a.H - 1 ? ih2 + a.stride_h : a.H - 1;
+  const uint8_t* pf = pf_last >= pf_first ? a.x + pf_first * a.W * a.C : nullptr;
+  const int64_t pf_rows = pf_last - pf_first + 1;
   const int64_t blocks = depthwise_vnni_blocks(a.C);
   for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* pfb = b == 0 ? pf : nullptr;
     if (a.C - b * 64 >= 64) {
-      dw_rows_block_row<true>(a, p, e, rb, b, col);
+      if (p.clamp) {
+        dw_rows_block_row<true, true>(a, p, e, rb, b, col, pfb, pf_rows);
+      } else {
+        dw_rows_block_row<true, false>(a, p, e, rb, b, col, pfb, pf_rows);
+      }
+    } else if (a.C - b * 64 <= 32) {
+      dw_rows_tail_row(a, p, e, rb, b, col);
     } else {
-      dw_rows_block_row<false>(a, p, e, rb, b, col);
+      dw_rows_block_row<false, true>(a, p, e, rb, b, col, pfb, pf_rows);
     }
   }
 }
