@@ -252,6 +252,7 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=0.05, help="seconds per variant per round")
     ap.add_argument("--only", default="", help="substring filter on shape names")
     ap.add_argument("--skip-4096", action="store_true")
+    ap.add_argument("--runs", type=int, default=1, help="--depthwise: repeat the whole set (medians over runs)")
     ap.add_argument("--depthwise", action="store_true",
                     help="MobileNetV2's depthwise shapes only: ratio to oneDNN and GB/s against a copy")
     ap.add_argument("--out", default=None, help="default bench/results/bench_int8.json "
@@ -261,9 +262,23 @@ def main() -> None:
         args.out = "bench/results/bench_int8_depthwise.json" if args.depthwise else "bench/results/bench_int8.json"
     torch.set_num_threads(args.threads)
     if args.depthwise:
-        result = {"threads": args.threads, "rounds": args.rounds, "torch": torch.__version__,
-                  "cpu": platform.processor() or platform.machine(), "engines": ENGINES,
-                  "cases": run_depthwise(args)}
+        # --runs N repeats the whole set; each case keeps every run's figures and their median.
+        runs = [run_depthwise(args) for _ in range(args.runs)]
+        cases = {}
+        for name in runs[0]:
+            c = dict(runs[-1][name])
+            for key in ("ratio_vs_onednn", "ratio_vs_best_ao", "pyquant_gbps", "copy_gbps", "onednn_gbps",
+                        "fraction_of_copy_bandwidth"):
+                vals = [r[name][key] for r in runs]
+                c[key + "_runs"] = vals
+                c[key + "_median"] = statistics.median(vals)
+            cases[name] = c
+        result = {"threads": args.threads, "rounds": args.rounds, "runs": args.runs, "torch": torch.__version__,
+                  "cpu": platform.processor() or platform.machine(), "engines": ENGINES, "cases": cases}
+        print("\nmedians over runs: ratio vs oneDNN, pyquant GB/s, copy GB/s")
+        for name, c in cases.items():
+            print(f"  {name}: {c['ratio_vs_onednn_median']:.2f}x, {c['pyquant_gbps_median']:.1f} GB/s, "
+                  f"{c['copy_gbps_median']:.1f} GB/s ({100 * c['fraction_of_copy_bandwidth_median']:.0f} %)")
         os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
