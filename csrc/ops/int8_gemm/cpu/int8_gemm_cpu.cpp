@@ -9,6 +9,10 @@
 // (zero-point term, scales, bias, ReLU, requantization) before anything is written.
 // On CPUs with AMX-INT8 (and M >= 16) run_gemm_amx does the same with 32 x 32 tile blocks: activations
 // are packed row-major, the weight panels are read as AMX B tiles in place.
+// Depthwise conv (groups == C_in == C_out) runs directly on the NHWC input, one task per (image, output
+// row): on VNNI CPUs the row-interleaved 3 x 3 kernel or the per-tap 5 x 5 kernel (weights and epilogue
+// constants rearranged per call from the packed payload, see int8_gemm_kernels.h), otherwise (and with a
+// fused residual) the older per-tap AVX-512 kernel or the scalar one.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
