@@ -44,6 +44,21 @@ CONV_SHAPES = {
     "cifar conv3x3 64x64x8x8": (64, 64, 8, 8, 64, 3, 1, 1, 1),
 }
 
+# MobileNetV2 (224x224) 3x3 depthwise layers: name: (C, H, W, stride); run at batch 1 and 8.
+DW_SHAPES = {
+    "dw C=32 112x112 s1": (32, 112, 112, 1),
+    "dw C=96 112x112 s2": (96, 112, 112, 2),
+    "dw C=144 56x56 s1": (144, 56, 56, 1),
+    "dw C=144 56x56 s2": (144, 56, 56, 2),
+    "dw C=192 28x28 s1": (192, 28, 28, 1),
+    "dw C=192 28x28 s2": (192, 28, 28, 2),
+    "dw C=384 14x14 s1": (384, 14, 14, 1),
+    "dw C=576 14x14 s1": (576, 14, 14, 1),
+    "dw C=576 14x14 s2": (576, 14, 14, 2),
+    "dw C=960 7x7 s1": (960, 7, 7, 1),
+}
+DW_BATCHES = (1, 8)
+
 ENGINES = [e for e in ("fbgemm", "x86", "onednn") if e in torch.backends.quantized.supported_engines]
 
 PEAK_SRC = r"""
@@ -151,7 +166,7 @@ def gemm_variants(M, N, K):
     return v, 2.0 * M * N * K
 
 
-def conv_variants(n, c, h, w, oc, k, stride, pad, groups):
+def conv_variants(n, c, h, w, oc, k, stride, pad, groups, fp32=True, f32_out=True):
     g = torch.Generator().manual_seed(0)
     x_f = torch.rand(n, c, h, w, generator=g).contiguous(memory_format=torch.channels_last)
     w_f = torch.randn(oc, c // groups, k, k, generator=g) * 0.05
@@ -165,8 +180,9 @@ def conv_variants(n, c, h, w, oc, k, stride, pad, groups):
     v = {
         "pyquant u8 out": lambda: ops.int8_conv2d(x_q, x_scale, x_zp, packed, b, stride, pad, 1, groups, out_scale,
                                                   out_zp),
-        "pyquant f32 out": lambda: ops.int8_conv2d(x_q, x_scale, x_zp, packed, b, stride, pad, 1, groups),
     }
+    if f32_out:
+        v["pyquant f32 out"] = lambda: ops.int8_conv2d(x_q, x_scale, x_zp, packed, b, stride, pad, 1, groups)
     qx = torch.quantize_per_tensor(x_f, x_scale, x_zp, torch.quint8)
     qw = torch.quantize_per_channel(w_f, w_scale, torch.zeros(oc, dtype=torch.long), 0, torch.qint8)
     for eng in ENGINES:
@@ -180,10 +196,53 @@ def conv_variants(n, c, h, w, oc, k, stride, pad, groups):
             return conv(qx)
 
         v[f"ao Conv2d {eng} (channels_last)"] = run
-    v["fp32 conv2d (channels_last)"] = lambda: torch.nn.functional.conv2d(x_f, w_f, b, stride, pad, 1, groups)
+    if fp32:
+        v["fp32 conv2d (channels_last)"] = lambda: torch.nn.functional.conv2d(x_f, w_f, b, stride, pad, 1, groups)
     oh = (h + 2 * pad - k) // stride + 1
     ow = (w + 2 * pad - k) // stride + 1
     return v, 2.0 * n * oh * ow * oc * (c // groups) * k * k
+
+
+def depthwise_variants(n, c, h, w, stride):
+    """The 3x3 depthwise conv (padding 1, uint8 output) on pyquant and every torch.ao engine, and a copy of
+    the input's bytes; also returns the bytes the conv moves (input + output + weight and per-channel
+    epilogue constants) and the bytes the copy moves (read + write of the input)."""
+    v, ops_count = conv_variants(n, c, h, w, c, 3, stride, 1, c, fp32=False, f32_out=False)
+    x_copy = torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8).contiguous(memory_format=torch.channels_last)
+    v["copy (x.clone())"] = lambda: x_copy.clone()
+    oh = (h + 2 - 3) // stride + 1
+    ow = (w + 2 - 3) // stride + 1
+    moved = n * c * h * w + n * c * oh * ow + c * 9 + 12 * c
+    return v, ops_count, moved, 2 * n * c * h * w
+
+
+def run_depthwise(args) -> dict:
+    cases = [(f"{name} b{n}", (n,) + s) for name, s in DW_SHAPES.items() for n in DW_BATCHES]
+    cases = [c for c in cases if args.only in c[0]]
+    out = {}
+    for name, shape in tqdm(cases, desc="depthwise shapes"):
+        variants, ops_count, moved, copy_moved = depthwise_variants(*shape)
+        times = {k: [] for k in variants}
+        for _ in range(args.rounds):
+            for k, fn in variants.items():
+                times[k].append(timed(fn, args.min_time))
+        med = {k: statistics.median(t) for k, t in times.items()}
+        ours = med["pyquant u8 out"]
+        ao = {k: t for k, t in med.items() if k.startswith("ao ")}
+        best = min(ao, key=ao.get)
+        onednn = next((k for k in ao if "onednn" in k), best)
+        gbps = moved / ours / 1e9
+        copy_gbps = copy_moved / med["copy (x.clone())"] / 1e9
+        out[name] = {
+            "shape": shape, "ops": ops_count, "bytes_moved": moved, "copy_bytes_moved": copy_moved,
+            "median_s": med, "rounds_s": times,
+            "ratio_vs_onednn": med[onednn] / ours, "ratio_vs_best_ao": ao[best] / ours, "best_ao": best,
+            "pyquant_gbps": gbps, "copy_gbps": copy_gbps, "fraction_of_copy_bandwidth": gbps / copy_gbps,
+            "onednn_gbps": moved / med[onednn] / 1e9,
+        }
+        tqdm.write(f"{name}: pyquant {ours * 1e6:.0f} us, {gbps:.1f} GB/s ({100 * gbps / copy_gbps:.0f} % of a copy's "
+                   f"{copy_gbps:.1f}); {med[onednn] / ours:.2f}x oneDNN, {ao[best] / ours:.2f}x best ao ({best})")
+    return out
 
 
 def main() -> None:
@@ -193,9 +252,37 @@ def main() -> None:
     ap.add_argument("--min-time", type=float, default=0.05, help="seconds per variant per round")
     ap.add_argument("--only", default="", help="substring filter on shape names")
     ap.add_argument("--skip-4096", action="store_true")
-    ap.add_argument("--out", default="bench/results/bench_int8.json")
+    ap.add_argument("--runs", type=int, default=1, help="--depthwise: repeat the whole set (medians over runs)")
+    ap.add_argument("--depthwise", action="store_true",
+                    help="MobileNetV2's depthwise shapes only: ratio to oneDNN and GB/s against a copy")
+    ap.add_argument("--out", default=None, help="default bench/results/bench_int8.json "
+                    "(bench_int8_depthwise.json with --depthwise)")
     args = ap.parse_args()
+    if args.out is None:
+        args.out = "bench/results/bench_int8_depthwise.json" if args.depthwise else "bench/results/bench_int8.json"
     torch.set_num_threads(args.threads)
+    if args.depthwise:
+        # --runs N repeats the whole set; each case keeps every run's figures and their median.
+        runs = [run_depthwise(args) for _ in range(args.runs)]
+        cases = {}
+        for name in runs[0]:
+            c = dict(runs[-1][name])
+            for key in ("ratio_vs_onednn", "ratio_vs_best_ao", "pyquant_gbps", "copy_gbps", "onednn_gbps",
+                        "fraction_of_copy_bandwidth"):
+                vals = [r[name][key] for r in runs]
+                c[key + "_runs"] = vals
+                c[key + "_median"] = statistics.median(vals)
+            cases[name] = c
+        result = {"threads": args.threads, "rounds": args.rounds, "runs": args.runs, "torch": torch.__version__,
+                  "cpu": platform.processor() or platform.machine(), "engines": ENGINES, "cases": cases}
+        print("\nmedians over runs: ratio vs oneDNN, pyquant GB/s, copy GB/s")
+        for name, c in cases.items():
+            print(f"  {name}: {c['ratio_vs_onednn_median']:.2f}x, {c['pyquant_gbps_median']:.1f} GB/s, "
+                  f"{c['copy_gbps_median']:.1f} GB/s ({100 * c['fraction_of_copy_bandwidth_median']:.0f} %)")
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+        return
     cases = [(name, gemm_variants, s) for name, s in GEMM_SHAPES.items()]
     cases += [(name, conv_variants, s) for name, s in CONV_SHAPES.items()]
     cases = [c for c in cases if args.only in c[0] and not (args.skip_4096 and "4096" in c[0])]

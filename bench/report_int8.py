@@ -2,15 +2,33 @@
 baseline of the same run, and the share of the measured VNNI / AMX peaks.
 
     python bench/report_int8.py bench/results/bench_int8_t2.json [bench/results/bench_int8_t1.json ...]
+    python bench/report_int8.py bench/results/bench_int8_depthwise.json     (bench_int8.py --depthwise)
 """
 
 import json
 import sys
 
 
+def report_depthwise(d: dict) -> None:
+    runs = d.get("runs", 1)
+    print(f"\n### depthwise, {d['threads']} thread(s), {d['rounds']} interleaved rounds, medians of {runs} run(s) "
+          f"(torch {d['torch']})\n")
+    print("| shape | x oneDNN | runs | x best torch.ao | pyquant GB/s | oneDNN GB/s | copy GB/s | % of copy |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, c in d["cases"].items():
+        def m(key):
+            return c.get(key + "_median", c[key])
+        runs_s = ", ".join(f"{r:.2f}" for r in c.get("ratio_vs_onednn_runs", [c["ratio_vs_onednn"]]))
+        print(f"| {name} | {m('ratio_vs_onednn'):.2f} | {runs_s} | {m('ratio_vs_best_ao'):.2f} | "
+              f"{m('pyquant_gbps'):.1f} | {m('onednn_gbps'):.1f} | {m('copy_gbps'):.1f} | "
+              f"{100 * m('fraction_of_copy_bandwidth'):.0f} % |")
+
+
 def report(path: str) -> None:
     with open(path) as f:
         d = json.load(f)
+    if d["cases"] and "copy_gbps" in next(iter(d["cases"].values())):
+        return report_depthwise(d)
     vnni, amx = d["vnni_peak_gops"], d.get("amx_peak_gops", 0.0)
     print(f"\n### {d['threads']} thread(s), {d['rounds']} interleaved rounds, median (torch {d['torch']})\n")
     print(f"Measured peaks: VNNI (vpdpbusd loop) {vnni:.0f} GOP/s, AMX (tdpbusd loop) {amx:.0f} GOP/s.\n")

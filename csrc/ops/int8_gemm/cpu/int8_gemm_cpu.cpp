@@ -9,6 +9,10 @@
 // (zero-point term, scales, bias, ReLU, requantization) before anything is written.
 // On CPUs with AMX-INT8 (and M >= 16) run_gemm_amx does the same with 32 x 32 tile blocks: activations
 // are packed row-major, the weight panels are read as AMX B tiles in place.
+// Depthwise conv (groups == C_in == C_out) runs directly on the NHWC input, one task per (image, output
+// row): on VNNI CPUs the row-interleaved 3 x 3 kernel or the per-tap 5 x 5 kernel (weights and epilogue
+// constants rearranged per call from the packed payload, see int8_gemm_kernels.h), otherwise (and with a
+// fused residual) the older per-tap AVX-512 kernel or the scalar one.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -428,7 +432,12 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
                                            at::MemoryFormat::ChannelsLast));
   if (out.numel() == 0) return out;
   const bool depthwise = h.kind == static_cast<int32_t>(PackedKind::kDepthwise);
-  const EpilogueArrays arr = epilogue_arrays(ep, w_col_sum, w_scale, bias, g.c_out, !depthwise);
+  // The direct VNNI depthwise kernel (no fused residual) subtracts zx * col_sum like the GEMM; the other
+  // depthwise kernels subtract the zero-point from every tap instead.
+  const bool depthwise_vnni = depthwise && fn == k8::strip_panel_vnni && !residual.has_value() &&
+                              k8::depthwise_vnni_supports(g.kh, g.kw);
+  const EpilogueArrays arr =
+      epilogue_arrays(ep, w_col_sum, w_scale, bias, g.c_out, !depthwise || depthwise_vnni);
   k8::Epilogue e = make_epilogue(ep, arr, out);
   e.ld_out = g.c_out;
   const Tensor res = check_residual(op, residual, out, residual_scale, residual_zero_point);
@@ -452,6 +461,69 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
     // C_pad + 32 bytes: the vector kernel reads up to 32 channels past a block start (masked).
     const std::vector<uint8_t> zero_row(static_cast<size_t>(a.C_pad + 32), static_cast<uint8_t>(ep.x_zero_point));
     a.zero_row = zero_row.data();
+    if (depthwise_vnni && k8::depthwise_vnni_rows_supports(g.kh, g.kw)) {
+      const int64_t pixels = k8::depthwise_vnni_rows_pixels(a.C, g.stride[1]);
+      const int64_t blocks = pixels > 1 ? 1 : k8::depthwise_vnni_blocks(a.C);
+      std::vector<int8_t> w3(static_cast<size_t>(blocks * 3 * 256));
+      std::vector<int32_t> init(static_cast<size_t>(blocks * 64));
+      std::vector<float> mult(static_cast<size_t>(blocks * 64)), bias4(static_cast<size_t>(blocks * 64));
+      if (pixels > 1) {
+        // `pixels` adjacent pixels per vector: 64 virtual channels, channel i % C at byte i.
+        std::vector<int8_t> vw(9 * 64);
+        std::vector<int32_t> vz(64);
+        std::vector<float> vm(64), vb(64);
+        for (int64_t i = 0; i < 64; ++i) {
+          for (int64_t t = 0; t < 9; ++t) vw[t * 64 + i] = payload[t * a.C_pad + i % a.C];
+          vz[i] = arr.zero_point_term[i % a.C];
+          vm[i] = arr.multiplier[i % a.C];
+          vb[i] = arr.bias[i % a.C];
+        }
+        k8::depthwise_vnni_rows_prepare(vw.data(), 64, 64, vz.data(), vm.data(), vb.data(), w3.data(), init.data(),
+                                        mult.data(), bias4.data());
+      } else {
+        k8::depthwise_vnni_rows_prepare(payload, a.C, a.C_pad, arr.zero_point_term.data(), arr.multiplier.data(),
+                                        arr.bias.data(), w3.data(), init.data(), mult.data(), bias4.data());
+      }
+      const std::vector<uint8_t> zero_rows(static_cast<size_t>(g.w * g.c_in + 64),
+                                           static_cast<uint8_t>(ep.x_zero_point));
+      const bool clamp = !(ep.requantize && k8::depthwise_vnni_rows_no_clamp(a.C, arr.multiplier.data(),
+                                                                              arr.bias.data(), ep.inv_out_scale));
+      const k8::DepthwiseVnniRowsPlan plan{w3.data(), init.data(), mult.data(), bias4.data(), zero_rows.data(), pixels,
+                                           clamp};
+      const int64_t scratch_bytes = k8::depthwise_vnni_rows_scratch_bytes(g.stride[1], g.dilation[1]);
+      at::parallel_for(0, g.batch * g.oh, 1, [&](int64_t begin, int64_t end) {
+        std::vector<uint8_t> scratch(static_cast<size_t>(scratch_bytes));
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t n = r / g.oh, oh = r % g.oh;
+          k8::DepthwiseArgs an = a;
+          an.x = xp + n * g.h * g.w * g.c_in;
+          k8::depthwise_row_vnni_rows(an, plan, oh, offset_epilogue(e, r * g.ow, 0), scratch.data());
+        }
+      });
+      return out;
+    }
+    if (depthwise_vnni) {
+      // Per call: the weights and epilogue constants in the kernel's per-block order (taps * C_pad * 4
+      // bytes), and a row of zero-point bytes standing in for input rows outside the image.
+      const int64_t blocks = k8::depthwise_vnni_blocks(a.C), taps = g.kh * g.kw;
+      std::vector<int8_t> w4(static_cast<size_t>(blocks * taps * 256));
+      std::vector<int32_t> init(static_cast<size_t>(blocks * 64));
+      std::vector<float> mult(static_cast<size_t>(blocks * 64)), bias4(static_cast<size_t>(blocks * 64));
+      k8::depthwise_vnni_prepare(payload, a.C, a.C_pad, taps, arr.zero_point_term.data(), arr.multiplier.data(),
+                                 arr.bias.data(), w4.data(), init.data(), mult.data(), bias4.data());
+      const std::vector<uint8_t> zero_rows(static_cast<size_t>(g.w * g.c_in + 64),
+                                           static_cast<uint8_t>(ep.x_zero_point));
+      const k8::DepthwiseVnniPlan plan{w4.data(), init.data(), mult.data(), bias4.data(), zero_rows.data()};
+      at::parallel_for(0, g.batch * g.oh, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          const int64_t n = r / g.oh, oh = r % g.oh;
+          k8::DepthwiseArgs an = a;
+          an.x = xp + n * g.h * g.w * g.c_in;
+          k8::depthwise_row_vnni(an, plan, oh, offset_epilogue(e, r * g.ow, 0));
+        }
+      });
+      return out;
+    }
     at::parallel_for(0, g.batch * g.oh, 1, [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const int64_t n = r / g.oh, oh = r % g.oh;

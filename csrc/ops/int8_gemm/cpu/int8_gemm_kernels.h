@@ -86,6 +86,73 @@ using DepthwiseRowFn = void (*)(const DepthwiseArgs& a, int64_t oh, const Epilog
 void depthwise_row_scalar(const DepthwiseArgs& a, int64_t oh, const Epilogue& e);
 void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, const Epilogue& e);
 
+// The direct NHWC depthwise kernel of the VNNI path (3x3 and 5x5, any stride / padding / dilation, no
+// fused residual): blocks of 64 channels, one vpdpbusd per 16 channels and tap and byte position j of a
+// dword (its weight vector keeps only byte j of each dword, so lane L of accumulator j sums channel
+// 4L + j: no shuffle of the activations), accumulators started at -zx * col_sum (taps outside the image
+// read zero-point bytes), the epilogue on the 4 accumulators of a block, then one in-lane byte shuffle
+// (uint8) or a 4 x 4 transpose (float32) back to channel order. Built per call from the packed payload
+// ([taps][C_pad], which the CUDA kernel reads too) by depthwise_vnni_prepare:
+struct DepthwiseVnniPlan {
+  const int8_t* w;           // [blocks][taps][j = 4][64]: byte 4L + j of vector j = w[tap][64 b + 4L + j]
+  const int32_t* acc_init;   // [blocks][j = 4][L = 16]: -zx * col_sum[64 b + 4L + j] (0 past C)
+  const float* multiplier;   // [blocks][4][16]: sx * sw, same order
+  const float* bias;         // [blocks][4][16]
+  const uint8_t* zero_rows;  // W * C + 64 bytes equal to the zero-point: input rows outside the image
+};
+inline int64_t depthwise_vnni_blocks(int64_t C) { return (C + 63) / 64; }
+// w_payload: [taps][C_pad]; zero_point_term / multiplier / bias: per channel (C values).
+void depthwise_vnni_prepare(const int8_t* w_payload, int64_t C, int64_t C_pad, int64_t taps,
+                            const int32_t* zero_point_term, const float* multiplier, const float* bias,
+                            int8_t* w_out, int32_t* acc_init_out, float* multiplier_out, float* bias_out);
+// True for the kernel sizes depthwise_row_vnni handles.
+inline bool depthwise_vnni_supports(int64_t KH, int64_t KW) { return (KH == 3 && KW == 3) || (KH == 5 && KW == 5); }
+// One output row (n, oh); e: only relu, requantize, inv_out_scale, out_zero_point, the output and ld_out.
+void depthwise_row_vnni(const DepthwiseArgs& a, const DepthwiseVnniPlan& p, int64_t oh, const Epilogue& e);
+
+// The 3 x 3 variant (any stride, padding, dilation): the 3 kernel rows are interleaved into the bytes of a
+// dword, so one vpdpbusd does 3 taps of 16 channels (12 per pixel and 64 channels instead of 36). Each
+// input column of a block's output row is interleaved once (8 byte shuffles) into a per-thread scratch
+// and read by the (up to 3) output pixels that use it; the kernel's 12 weight vectors stay in registers.
+// Lane 4k + i of vector m holds channel 16k + 4m + i, so the uint8 packs come out in channel order.
+struct DepthwiseVnniRowsPlan {
+  const int8_t* w;           // [blocks][kw = 3][m = 4][64]: dword (w[0][kw], w[1][kw], w[2][kw], 0) of a channel
+  const int32_t* acc_init;   // [blocks][m = 4][16]: -zx * col_sum (0 past C)
+  const float* multiplier;   // [blocks][4][16]
+  const float* bias;         // [blocks][4][16]
+  const uint8_t* zero_rows;  // as DepthwiseVnniPlan::zero_rows
+  // 1: blocks of 64 channels. 2 or 4 (C = 32 or 16, stride_w 1): one vector holds `pixels` adjacent
+  // pixels of all C channels (the weights and constants above are then prepared for 64 virtual channels,
+  // channel c % C at byte c), so narrow layers use the whole vector.
+  int64_t pixels;
+  // false when |y / s_out| < 2^30 for every accumulator the kernel can produce (depthwise_vnni_rows_no_clamp):
+  // the uint8 epilogue then skips its float clamp.
+  bool clamp;
+};
+// |acc| <= 9 * 255 * 128 for a 3 x 3 kernel; the bound leaves a factor 2 for the float roundings.
+inline bool depthwise_vnni_rows_no_clamp(int64_t C, const float* multiplier, const float* bias, float inv_out_scale) {
+  for (int64_t c = 0; c < C; ++c) {
+    const float bound = (293760.0f * (multiplier[c] < 0 ? -multiplier[c] : multiplier[c]) +
+                         (bias[c] < 0 ? -bias[c] : bias[c])) * inv_out_scale;
+    if (!(bound < 1073741824.0f)) return false;  // also false for NaN / inf
+  }
+  return true;
+}
+inline int64_t depthwise_vnni_rows_pixels(int64_t C, int64_t stride_w) {
+  return stride_w == 1 && (C == 16 || C == 32) ? 64 / C : 1;
+}
+constexpr int64_t kDwChunk = 32;  // output columns per scratch fill
+inline bool depthwise_vnni_rows_supports(int64_t KH, int64_t KW) { return KH == 3 && KW == 3; }
+inline int64_t depthwise_vnni_rows_scratch_bytes(int64_t stride_w, int64_t dil_w) {
+  return ((kDwChunk - 1) * stride_w + 2 * dil_w + 1) * 256 + 64;
+}
+void depthwise_vnni_rows_prepare(const int8_t* w_payload, int64_t C, int64_t C_pad, const int32_t* zero_point_term,
+                                 const float* multiplier, const float* bias, int8_t* w_out, int32_t* acc_init_out,
+                                 float* multiplier_out, float* bias_out);
+// scratch: depthwise_vnni_rows_scratch_bytes bytes owned by the calling thread.
+void depthwise_row_vnni_rows(const DepthwiseArgs& a, const DepthwiseVnniRowsPlan& p, int64_t oh, const Epilogue& e,
+                             uint8_t* scratch);
+
 bool cpu_has_vnni();
 bool cpu_has_avx2();
 

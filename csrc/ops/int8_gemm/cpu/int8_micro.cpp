@@ -86,6 +86,27 @@ void depthwise_row_scalar(const DepthwiseArgs& a, int64_t oh, const Epilogue& e)
   }
 }
 
+namespace {
+
+// The per-channel constants of depthwise_vnni_prepare (portable).
+void depthwise_vnni_prepare_params(int64_t C, const int32_t* zero_point_term, const float* multiplier,
+                                   const float* bias, int32_t* acc_init_out, float* multiplier_out,
+                                   float* bias_out) {
+  const int64_t blocks = depthwise_vnni_blocks(C);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int j = 0; j < 4; ++j)
+      for (int L = 0; L < 16; ++L) {
+        const int64_t c = b * 64 + 4 * L + j;
+        const int64_t o = b * 64 + j * 16 + L;
+        const bool ok = c < C;
+        acc_init_out[o] = ok ? -zero_point_term[c] : 0;
+        multiplier_out[o] = ok ? multiplier[c] : 0.0f;
+        bias_out[o] = ok ? bias[c] : 0.0f;
+      }
+}
+
+}  // namespace
+
 #ifdef PYQ_INT8_X86
 
 bool cpu_has_vnni() {
@@ -400,6 +421,638 @@ PYQ_TARGET_VNNI void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, co
   depthwise_row_generic(a, oh, e);
 }
 
+// ------------------------------------------------------------------- direct depthwise (vpdpbusd, see .h)
+// The weight vectors of each block and tap: the tap's 64 channel bytes with all but byte j of each
+// dword cleared (the payload is zero padded to C_pad, a multiple of 64).
+PYQ_TARGET_VNNI void depthwise_vnni_prepare(const int8_t* w_payload, int64_t C, int64_t C_pad, int64_t taps,
+                                            const int32_t* zero_point_term, const float* multiplier,
+                                            const float* bias, int8_t* w_out, int32_t* acc_init_out,
+                                            float* multiplier_out, float* bias_out) {
+  const int64_t blocks = depthwise_vnni_blocks(C);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t t = 0; t < taps; ++t) {
+      const __m512i v = _mm512_loadu_si512(w_payload + t * C_pad + b * 64);
+      int8_t* dst = w_out + (b * taps + t) * 256;
+      for (int j = 0; j < 4; ++j)
+        _mm512_storeu_si512(dst + j * 64, _mm512_and_si512(v, _mm512_set1_epi32(0xFF << (8 * j))));
+    }
+  depthwise_vnni_prepare_params(C, zero_point_term, multiplier, bias, acc_init_out, multiplier_out, bias_out);
+}
+
+namespace {
+
+// The constants of one 64-channel block and of the call.
+struct DwBlock {
+  __m512i init[4];
+  __m512 mult[4], bias[4];
+};
+
+// Epilogue of one pixel's 4 accumulators (lane L of acc[j] is channel c0 + 4L + j) into channel order.
+// uint8: y = float(acc) * m + b (requantize.h); q = round_half_even(min(256, y / s)) in int32 (vcvtps2dq,
+// round to nearest even; a value above 256 gives 255 either way, NaN and values below -2^31 give
+// INT32_MIN and so 0, as the vector epilogue's clamps), then int16 with signed saturation, + z_out
+// (saturating), ReLU as max(q, z_out) (quantization is monotone and maps 0 to z_out, so clamping the code
+// equals clamping y), and unsigned saturation to [0, 255]. The packs leave byte 16k + 4j + i holding
+// channel 16k + 4i + j: one in-lane byte shuffle restores the order.
+template <bool kFull>
+PYQ_TARGET_VNNI inline void dw_store_u8(const __m512i (&acc)[4], const DwBlock& blk, __m512 inv, __m512 c256,
+                                        __m512i zp16, __m512i lo16, __m512i ctrl, uint8_t* out, __mmask64 mask) {
+  __m512i q[4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[j]), blk.mult[j]);
+    y = _mm512_add_ps(y, blk.bias[j]);
+    q[j] = _mm512_cvtps_epi32(_mm512_min_ps(c256, _mm512_mul_ps(y, inv)));
+  }
+  __m512i p01 = _mm512_adds_epi16(_mm512_packs_epi32(q[0], q[1]), zp16);
+  __m512i p23 = _mm512_adds_epi16(_mm512_packs_epi32(q[2], q[3]), zp16);
+  p01 = _mm512_max_epi16(p01, lo16);
+  p23 = _mm512_max_epi16(p23, lo16);
+  const __m512i bytes = _mm512_shuffle_epi8(_mm512_packus_epi16(p01, p23), ctrl);
+  if (kFull) {
+    _mm512_storeu_si512(out, bytes);
+  } else {
+    _mm512_mask_storeu_epi8(out, mask, bytes);
+  }
+}
+
+// float32: y (with ReLU as requantize.h: max(y, 0)), then a 4 x 4 transpose of floats inside each
+// 128-bit lane (t_i lane k = channels 16k + 4i .. + 3) and one of the 128-bit lanes (V_k = channels
+// 16k .. 16k + 15).
+template <bool kFull>
+PYQ_TARGET_VNNI inline void dw_store_f32(const __m512i (&acc)[4], const DwBlock& blk, bool relu, float* out,
+                                         int valid) {
+  __m512 y[4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    y[j] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[j]), blk.mult[j]);
+    y[j] = _mm512_add_ps(y[j], blk.bias[j]);
+    if (relu) y[j] = _mm512_max_ps(y[j], _mm512_setzero_ps());
+  }
+  const __m512 lo01 = _mm512_unpacklo_ps(y[0], y[1]), hi01 = _mm512_unpackhi_ps(y[0], y[1]);
+  const __m512 lo23 = _mm512_unpacklo_ps(y[2], y[3]), hi23 = _mm512_unpackhi_ps(y[2], y[3]);
+  const __m512 t0 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(lo01), _mm512_castps_pd(lo23)));
+  const __m512 t1 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(lo01), _mm512_castps_pd(lo23)));
+  const __m512 t2 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(hi01), _mm512_castps_pd(hi23)));
+  const __m512 t3 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(hi01), _mm512_castps_pd(hi23)));
+  const __m512 u01a = _mm512_shuffle_f32x4(t0, t1, 0x44), u23a = _mm512_shuffle_f32x4(t2, t3, 0x44);
+  const __m512 u01b = _mm512_shuffle_f32x4(t0, t1, 0xEE), u23b = _mm512_shuffle_f32x4(t2, t3, 0xEE);
+  const __m512 v[4] = {_mm512_shuffle_f32x4(u01a, u23a, 0x88), _mm512_shuffle_f32x4(u01a, u23a, 0xDD),
+                       _mm512_shuffle_f32x4(u01b, u23b, 0x88), _mm512_shuffle_f32x4(u01b, u23b, 0xDD)};
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {
+    if (kFull) {
+      _mm512_storeu_ps(out + 16 * k, v[k]);
+    } else {
+      const __mmask16 m = lane_mask(valid - 16 * k);
+      if (m) _mm512_mask_storeu_ps(out + 16 * k, m, v[k]);
+    }
+  }
+}
+
+// The accumulators of one pixel and block: tap t's 64 channel bytes start at tap[t].
+template <int kTaps, bool kFull>
+PYQ_TARGET_VNNI inline void dw_accumulate(const uint8_t* const (&tap)[kTaps], const int8_t* __restrict wb,
+                                          const DwBlock& blk, __mmask64 mask, __m512i (&acc)[4]) {
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) acc[j] = blk.init[j];
+#pragma GCC unroll 25
+  for (int t = 0; t < kTaps; ++t) {
+    const __m512i xv = kFull ? _mm512_loadu_si512(tap[t]) : _mm512_maskz_loadu_epi8(mask, tap[t]);
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j)
+      acc[j] = _mm512_dpbusd_epi32(acc[j], xv, _mm512_loadu_si512(wb + (t * 4 + j) * 64));
+  }
+}
+
+// The call's epilogue constants and one block's output position.
+struct DwOut {
+  __m512 inv, c256;
+  __m512i zp16, lo16, ctrl;
+  int64_t c0;
+  int valid;
+  __mmask64 mask;
+};
+
+// Accumulate and store one output pixel ow of a block (no lambdas here: they would not inherit the
+// target attribute).
+template <int kTaps, bool kFull>
+PYQ_TARGET_VNNI inline void dw_pixel(const uint8_t* const (&tap)[kTaps], const int8_t* __restrict wb,
+                                     const DwBlock& blk, const DwOut& o, const Epilogue& e, int64_t ow) {
+  __m512i acc[4];
+  dw_accumulate<kTaps, kFull>(tap, wb, blk, o.mask, acc);
+  if (e.requantize) {
+    dw_store_u8<kFull>(acc, blk, o.inv, o.c256, o.zp16, o.lo16, o.ctrl, e.out_u8 + ow * e.ld_out + o.c0, o.mask);
+  } else {
+    dw_store_f32<kFull>(acc, blk, e.relu, e.out_f + ow * e.ld_out + o.c0, o.valid);
+  }
+}
+
+// Border pixels: taps outside the image's columns read zero-point bytes.
+template <int kKH, int kKW, bool kFull>
+PYQ_TARGET_VNNI inline void dw_border_pixel(const DepthwiseArgs& a, const DepthwiseVnniPlan& p,
+                                            const uint8_t* const (&rb)[kKH], const int8_t* __restrict wb,
+                                            const DwBlock& blk, const DwOut& o, const Epilogue& e, int64_t ow) {
+  const uint8_t* tap[kKH * kKW];
+  for (int kw = 0; kw < kKW; ++kw) {
+    const int64_t iw = ow * a.stride_w - a.pad_w + kw * a.dil_w;
+    const bool ok = iw >= 0 && iw < a.W;
+    for (int kh = 0; kh < kKH; ++kh) tap[kh * kKW + kw] = ok ? rb[kh] + iw * a.C + o.c0 : p.zero_rows + o.c0;
+  }
+  dw_pixel<kKH * kKW, kFull>(tap, wb, blk, o, e, ow);
+}
+
+// Two pixels at once: each weight vector is loaded once for both, and the two pixels' 8 accumulator
+// chains (9 dependent vpdpbusd each for 3 x 3) interleave.
+template <int kTaps, bool kFull>
+PYQ_TARGET_VNNI inline void dw_pixel2(const uint8_t* const (&tap)[kTaps], int64_t next, const int8_t* __restrict wb,
+                                      const DwBlock& blk, const DwOut& o, const Epilogue& e, int64_t ow) {
+  __m512i acc0[4], acc1[4];
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) acc0[j] = acc1[j] = blk.init[j];
+#pragma GCC unroll 25
+  for (int t = 0; t < kTaps; ++t) {
+    const __m512i x0 = kFull ? _mm512_loadu_si512(tap[t]) : _mm512_maskz_loadu_epi8(o.mask, tap[t]);
+    const __m512i x1 = kFull ? _mm512_loadu_si512(tap[t] + next) : _mm512_maskz_loadu_epi8(o.mask, tap[t] + next);
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+      const __m512i w = _mm512_loadu_si512(wb + (t * 4 + j) * 64);
+      acc0[j] = _mm512_dpbusd_epi32(acc0[j], x0, w);
+      acc1[j] = _mm512_dpbusd_epi32(acc1[j], x1, w);
+    }
+  }
+  if (e.requantize) {
+    uint8_t* out = e.out_u8 + ow * e.ld_out + o.c0;
+    dw_store_u8<kFull>(acc0, blk, o.inv, o.c256, o.zp16, o.lo16, o.ctrl, out, o.mask);
+    dw_store_u8<kFull>(acc1, blk, o.inv, o.c256, o.zp16, o.lo16, o.ctrl, out + e.ld_out, o.mask);
+  } else {
+    float* out = e.out_f + ow * e.ld_out + o.c0;
+    dw_store_f32<kFull>(acc0, blk, e.relu, out, o.valid);
+    dw_store_f32<kFull>(acc1, blk, e.relu, out + e.ld_out, o.valid);
+  }
+}
+
+template <int kKH, int kKW, bool kFull>
+PYQ_TARGET_VNNI void dw_block_row(const DepthwiseArgs& a, const DepthwiseVnniPlan& p, const Epilogue& e,
+                                  const uint8_t* const (&rb)[kKH], int64_t ow_lo, int64_t ow_hi, int64_t b) {
+  constexpr int kTaps = kKH * kKW;
+  DwOut o;
+  o.c0 = b * 64;
+  o.valid = static_cast<int>(a.C - o.c0 < 64 ? a.C - o.c0 : 64);
+  o.mask = o.valid >= 64 ? ~__mmask64{0} : ((__mmask64{1} << o.valid) - 1);
+  o.inv = _mm512_set1_ps(e.inv_out_scale);
+  o.c256 = _mm512_set1_ps(256.0f);
+  o.zp16 = _mm512_set1_epi16(static_cast<int16_t>(e.out_zero_point));
+  o.lo16 = e.relu ? o.zp16 : _mm512_set1_epi16(INT16_MIN);
+  // Byte 4i + j of each 16-byte lane takes byte 4j + i: {0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15}.
+  constexpr int d0 = 0x0C080400, d1 = 0x0D090501, d2 = 0x0E0A0602, d3 = 0x0F0B0703;
+  o.ctrl = _mm512_setr_epi32(d0, d1, d2, d3, d0, d1, d2, d3, d0, d1, d2, d3, d0, d1, d2, d3);
+  DwBlock blk;
+#pragma GCC unroll 4
+  for (int j = 0; j < 4; ++j) {
+    blk.init[j] = _mm512_loadu_si512(p.acc_init + b * 64 + j * 16);
+    blk.mult[j] = _mm512_loadu_ps(p.multiplier + b * 64 + j * 16);
+    blk.bias[j] = _mm512_loadu_ps(p.bias + b * 64 + j * 16);
+  }
+  const int8_t* wb = p.w + b * kTaps * 256;
+  const int64_t C = a.C;
+  const int64_t col_step = a.dil_w * C;
+  for (int64_t ow = 0; ow < ow_lo; ++ow) dw_border_pixel<kKH, kKW, kFull>(a, p, rb, wb, blk, o, e, ow);
+  const int64_t next = a.stride_w * C;  // the next output pixel's taps
+  for (int64_t ow = ow_lo; ow < ow_hi; ow += 2) {
+    const int64_t q = (ow * a.stride_w - a.pad_w) * C + o.c0;
+    const uint8_t* tap[kTaps];
+#pragma GCC unroll 5
+    for (int kh = 0; kh < kKH; ++kh)
+#pragma GCC unroll 5
+      for (int kw = 0; kw < kKW; ++kw) tap[kh * kKW + kw] = rb[kh] + q + kw * col_step;
+    if (ow + 1 < ow_hi) {
+      dw_pixel2<kTaps, kFull>(tap, next, wb, blk, o, e, ow);
+    } else {
+      dw_pixel<kTaps, kFull>(tap, wb, blk, o, e, ow);
+    }
+  }
+  for (int64_t ow = ow_hi; ow < a.OW; ++ow) dw_border_pixel<kKH, kKW, kFull>(a, p, rb, wb, blk, o, e, ow);
+}
+
+template <int kKH, int kKW>
+PYQ_TARGET_VNNI void dw_row(const DepthwiseArgs& a, const DepthwiseVnniPlan& p, int64_t oh, const Epilogue& e) {
+  const uint8_t* rb[kKH];
+  for (int kh = 0; kh < kKH; ++kh) {
+    const int64_t ih = oh * a.stride_h - a.pad_h + kh * a.dil_h;
+    rb[kh] = ih >= 0 && ih < a.H ? a.x + ih * a.W * a.C : p.zero_rows;
+  }
+  // Output columns whose taps all lie inside the image: ow * sw - pw >= 0 and
+  // ow * sw - pw + (KW - 1) * dw <= W - 1.
+  int64_t ow_lo = (a.pad_w + a.stride_w - 1) / a.stride_w;
+  const int64_t last = a.W - 1 - (kKW - 1) * a.dil_w + a.pad_w;
+  int64_t ow_hi = last < 0 ? 0 : last / a.stride_w + 1;
+  ow_lo = ow_lo < a.OW ? ow_lo : a.OW;
+  ow_hi = ow_hi < a.OW ? ow_hi : a.OW;
+  if (ow_hi < ow_lo) ow_hi = ow_lo;
+  const int64_t blocks = depthwise_vnni_blocks(a.C);
+  for (int64_t b = 0; b < blocks; ++b) {
+    if (a.C - b * 64 >= 64) {
+      dw_block_row<kKH, kKW, true>(a, p, e, rb, ow_lo, ow_hi, b);
+    } else {
+      dw_block_row<kKH, kKW, false>(a, p, e, rb, ow_lo, ow_hi, b);
+    }
+  }
+}
+
+// ---- the 3 x 3 row-interleaved variant (DepthwiseVnniRowsPlan)
+
+// dword lane 4k + i of out[m] = (r0[c], r1[c], r2[c], r2[c]) of byte c = 16k + 4m + i of the three rows.
+PYQ_TARGET_VNNI inline void dw_interleave3(__m512i r0, __m512i r1, __m512i r2, __m512i (&out)[4]) {
+  const __m512i a_lo = _mm512_unpacklo_epi8(r0, r1), a_hi = _mm512_unpackhi_epi8(r0, r1);
+  const __m512i b_lo = _mm512_unpacklo_epi8(r2, r2), b_hi = _mm512_unpackhi_epi8(r2, r2);
+  out[0] = _mm512_unpacklo_epi16(a_lo, b_lo);
+  out[1] = _mm512_unpackhi_epi16(a_lo, b_lo);
+  out[2] = _mm512_unpacklo_epi16(a_hi, b_hi);
+  out[3] = _mm512_unpackhi_epi16(a_hi, b_hi);
+}
+
+// uint8 epilogue as dw_store_u8, for accumulators already in channel order after the packs.
+// kClamp false: the caller proved |y / s_out| < 2^30 for every possible accumulator, so vcvtps2dq is
+// exact without the min (int16 saturation still maps everything above 255 to 255).
+template <bool kFull, bool kClamp = true>
+PYQ_TARGET_VNNI inline void dw_rows_store_u8(const __m512i (&acc)[4], const DwBlock& blk, const DwOut& o,
+                                             uint8_t* out) {
+  __m512i q[4];
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {
+    __m512 y = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[m]), blk.mult[m]);
+    y = _mm512_add_ps(y, blk.bias[m]);
+    const __m512 v = _mm512_mul_ps(y, o.inv);
+    q[m] = _mm512_cvtps_epi32(kClamp ? _mm512_min_ps(o.c256, v) : v);
+  }
+  __m512i p01 = _mm512_adds_epi16(_mm512_packs_epi32(q[0], q[1]), o.zp16);
+  __m512i p23 = _mm512_adds_epi16(_mm512_packs_epi32(q[2], q[3]), o.zp16);
+  p01 = _mm512_max_epi16(p01, o.lo16);
+  p23 = _mm512_max_epi16(p23, o.lo16);
+  const __m512i bytes = _mm512_packus_epi16(p01, p23);
+  if (kFull) {
+    _mm512_storeu_si512(out, bytes);
+  } else {
+    _mm512_mask_storeu_epi8(out, o.mask, bytes);
+  }
+}
+
+// float32: 128-bit lane k of y[m] holds channels 16k + 4m .. + 3; a 4 x 4 transpose of the 128-bit lanes.
+template <bool kFull>
+PYQ_TARGET_VNNI inline void dw_rows_store_f32(const __m512i (&acc)[4], const DwBlock& blk, bool relu, float* out,
+                                              int valid) {
+  __m512 y[4];
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {
+    y[m] = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[m]), blk.mult[m]);
+    y[m] = _mm512_add_ps(y[m], blk.bias[m]);
+    if (relu) y[m] = _mm512_max_ps(y[m], _mm512_setzero_ps());
+  }
+  const __m512 u01a = _mm512_shuffle_f32x4(y[0], y[1], 0x44), u23a = _mm512_shuffle_f32x4(y[2], y[3], 0x44);
+  const __m512 u01b = _mm512_shuffle_f32x4(y[0], y[1], 0xEE), u23b = _mm512_shuffle_f32x4(y[2], y[3], 0xEE);
+  const __m512 v[4] = {_mm512_shuffle_f32x4(u01a, u23a, 0x88), _mm512_shuffle_f32x4(u01a, u23a, 0xDD),
+                       _mm512_shuffle_f32x4(u01b, u23b, 0x88), _mm512_shuffle_f32x4(u01b, u23b, 0xDD)};
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {
+    if (kFull) {
+      _mm512_storeu_ps(out + 16 * k, v[k]);
+    } else {
+      const __mmask16 m = lane_mask(valid - 16 * k);
+      if (m) _mm512_mask_storeu_ps(out + 16 * k, m, v[k]);
+    }
+  }
+}
+
+template <bool kFull, bool kClamp>
+PYQ_TARGET_VNNI void dw_rows_block_row(const DepthwiseArgs& a, const DepthwiseVnniRowsPlan& p, const Epilogue& e,
+                                       const uint8_t* const (&rb)[3], int64_t b, uint8_t* __restrict scratch,
+                                       const uint8_t* pf, int64_t pf_rows) {
+  DwOut o;
+  o.c0 = b * 64;
+  o.valid = static_cast<int>(a.C - o.c0 < 64 ? a.C - o.c0 : 64);
+  o.mask = o.valid >= 64 ? ~__mmask64{0} : ((__mmask64{1} << o.valid) - 1);
+  o.inv = _mm512_set1_ps(e.inv_out_scale);
+  o.c256 = _mm512_set1_ps(256.0f);
+  o.zp16 = _mm512_set1_epi16(static_cast<int16_t>(e.out_zero_point));
+  o.lo16 = e.relu ? o.zp16 : _mm512_set1_epi16(INT16_MIN);
+  DwBlock blk;
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {
+    blk.init[m] = _mm512_loadu_si512(p.acc_init + b * 64 + m * 16);
+    blk.mult[m] = _mm512_loadu_ps(p.multiplier + b * 64 + m * 16);
+    blk.bias[m] = _mm512_loadu_ps(p.bias + b * 64 + m * 16);
+  }
+  __m512i wr[3][4];
+#pragma GCC unroll 3
+  for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; ++m) wr[kw][m] = _mm512_loadu_si512(p.w + ((b * 3 + kw) * 4 + m) * 64);
+  const __m512i zx_col = _mm512_set1_epi8(static_cast<char>(a.x_zero_point));
+  const int64_t C = a.C, sw = a.stride_w, dw = a.dil_w;
+  __m512i* const col = reinterpret_cast<__m512i*>(scratch);
+  for (int64_t ow0 = 0; ow0 < a.OW; ow0 += kDwChunk) {
+    const int64_t ow1 = ow0 + kDwChunk < a.OW ? ow0 + kDwChunk : a.OW;
+    // Interleave the chunk's input columns (zero-point bytes outside the image).
+    const int64_t iw0 = ow0 * sw - a.pad_w;
+    const int64_t ncols = (ow1 - 1 - ow0) * sw + 2 * dw + 1;
+    for (int64_t j = 0; j < ncols; ++j) {
+      const int64_t iw = iw0 + j;
+      if (iw < 0 || iw >= a.W) {
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) _mm512_store_si512(col + j * 4 + m, zx_col);
+        continue;
+      }
+      const int64_t off = iw * C + o.c0;
+      // The input rows the next output row adds, one column ahead (the first block of the row only).
+      if (pf != nullptr)
+        for (int64_t r = 0; r < pf_rows; ++r)
+          for (int64_t q = 0; q < C; q += 64)
+            _mm_prefetch(reinterpret_cast<const char*>(pf + r * a.W * C + iw * C + q), _MM_HINT_T1);
+      __m512i r[3];
+#pragma GCC unroll 3
+      for (int kh = 0; kh < 3; ++kh)
+        r[kh] = kFull ? _mm512_loadu_si512(rb[kh] + off) : _mm512_maskz_loadu_epi8(o.mask, rb[kh] + off);
+      __m512i d[4];
+      dw_interleave3(r[0], r[1], r[2], d);
+#pragma GCC unroll 4
+      for (int m = 0; m < 4; ++m) _mm512_store_si512(col + j * 4 + m, d[m]);
+    }
+    for (int64_t ow = ow0; ow < ow1; ++ow) {
+      const __m512i* c = col + (ow - ow0) * sw * 4;
+      __m512i acc[4];
+#pragma GCC unroll 4
+      for (int m = 0; m < 4; ++m) acc[m] = blk.init[m];
+#pragma GCC unroll 3
+      for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) acc[m] = _mm512_dpbusd_epi32(acc[m], _mm512_load_si512(c + kw * dw * 4 + m), wr[kw][m]);
+      if (e.requantize) {
+        dw_rows_store_u8<kFull, kClamp>(acc, blk, o, e.out_u8 + ow * e.ld_out + o.c0);
+      } else {
+        dw_rows_store_f32<kFull>(acc, blk, e.relu, e.out_f + ow * e.ld_out + o.c0, o.valid);
+      }
+    }
+  }
+}
+
+// The last block when it has <= 32 channels: the same kernel on 256-bit vectors (the low halves of the
+// block's weight and constant vectors hold its channels 0-31 in the same order), so a 16- or 32-channel
+// tail (C = 96, 144, ...) costs half a block; 256-bit ops also issue on one more port.
+PYQ_TARGET_VNNI void dw_rows_tail_row(const DepthwiseArgs& a, const DepthwiseVnniRowsPlan& p, const Epilogue& e,
+                                      const uint8_t* const (&rb)[3], int64_t b, uint8_t* __restrict scratch) {
+  const int64_t c0 = b * 64;
+  const int valid = static_cast<int>(a.C - c0);  // 1 .. 32
+  const __mmask32 mask = valid >= 32 ? ~__mmask32{0} : ((__mmask32{1} << valid) - 1);
+  const __m256 inv = _mm256_set1_ps(e.inv_out_scale), c256 = _mm256_set1_ps(256.0f);
+  const __m256i zp16 = _mm256_set1_epi16(static_cast<int16_t>(e.out_zero_point));
+  const __m256i lo16 = e.relu ? zp16 : _mm256_set1_epi16(INT16_MIN);
+  __m256i init[4], wr[3][4];
+  __m256 mult[4], bias[4];
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {
+    init[m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.acc_init + b * 64 + m * 16));
+    mult[m] = _mm256_loadu_ps(p.multiplier + b * 64 + m * 16);
+    bias[m] = _mm256_loadu_ps(p.bias + b * 64 + m * 16);
+  }
+#pragma GCC unroll 3
+  for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; ++m)
+      wr[kw][m] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p.w + ((b * 3 + kw) * 4 + m) * 64));
+  const __m256i zx_col = _mm256_set1_epi8(static_cast<char>(a.x_zero_point));
+  const int64_t C = a.C, sw = a.stride_w, dw = a.dil_w;
+  __m256i* const col = reinterpret_cast<__m256i*>(scratch);
+  for (int64_t ow0 = 0; ow0 < a.OW; ow0 += kDwChunk) {
+    const int64_t ow1 = ow0 + kDwChunk < a.OW ? ow0 + kDwChunk : a.OW;
+    const int64_t iw0 = ow0 * sw - a.pad_w;
+    const int64_t ncols = (ow1 - 1 - ow0) * sw + 2 * dw + 1;
+    for (int64_t j = 0; j < ncols; ++j) {
+      const int64_t iw = iw0 + j;
+      if (iw < 0 || iw >= a.W) {
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) _mm256_store_si256(col + j * 4 + m, zx_col);
+        continue;
+      }
+      const int64_t off = iw * C + c0;
+      const __m256i r0 = _mm256_maskz_loadu_epi8(mask, rb[0] + off);
+      const __m256i r1 = _mm256_maskz_loadu_epi8(mask, rb[1] + off);
+      const __m256i r2 = _mm256_maskz_loadu_epi8(mask, rb[2] + off);
+      const __m256i a_lo = _mm256_unpacklo_epi8(r0, r1), a_hi = _mm256_unpackhi_epi8(r0, r1);
+      const __m256i b_lo = _mm256_unpacklo_epi8(r2, r2), b_hi = _mm256_unpackhi_epi8(r2, r2);
+      _mm256_store_si256(col + j * 4 + 0, _mm256_unpacklo_epi16(a_lo, b_lo));
+      _mm256_store_si256(col + j * 4 + 1, _mm256_unpackhi_epi16(a_lo, b_lo));
+      _mm256_store_si256(col + j * 4 + 2, _mm256_unpacklo_epi16(a_hi, b_hi));
+      _mm256_store_si256(col + j * 4 + 3, _mm256_unpackhi_epi16(a_hi, b_hi));
+    }
+    for (int64_t ow = ow0; ow < ow1; ++ow) {
+      const __m256i* c = col + (ow - ow0) * sw * 4;
+      __m256i acc[4];
+#pragma GCC unroll 4
+      for (int m = 0; m < 4; ++m) acc[m] = init[m];
+#pragma GCC unroll 3
+      for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) acc[m] = _mm256_dpbusd_epi32(acc[m], _mm256_load_si256(c + kw * dw * 4 + m), wr[kw][m]);
+      if (e.requantize) {
+        __m256i q[4];
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) {
+          __m256 y = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[m]), mult[m]);
+          y = _mm256_add_ps(y, bias[m]);
+          q[m] = _mm256_cvtps_epi32(_mm256_min_ps(c256, _mm256_mul_ps(y, inv)));
+        }
+        __m256i p01 = _mm256_adds_epi16(_mm256_packs_epi32(q[0], q[1]), zp16);
+        __m256i p23 = _mm256_adds_epi16(_mm256_packs_epi32(q[2], q[3]), zp16);
+        p01 = _mm256_max_epi16(p01, lo16);
+        p23 = _mm256_max_epi16(p23, lo16);
+        _mm256_mask_storeu_epi8(e.out_u8 + ow * e.ld_out + c0, mask, _mm256_packus_epi16(p01, p23));
+      } else {
+        __m256 y[4];
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) {
+          y[m] = _mm256_mul_ps(_mm256_cvtepi32_ps(acc[m]), mult[m]);
+          y[m] = _mm256_add_ps(y[m], bias[m]);
+          if (e.relu) y[m] = _mm256_max_ps(y[m], _mm256_setzero_ps());
+        }
+        // 128-bit lane k of y[m] holds channels 16k + 4m .. + 3.
+        const __m256 v[4] = {_mm256_permute2f128_ps(y[0], y[1], 0x20), _mm256_permute2f128_ps(y[2], y[3], 0x20),
+                             _mm256_permute2f128_ps(y[0], y[1], 0x31), _mm256_permute2f128_ps(y[2], y[3], 0x31)};
+        float* out = e.out_f + ow * e.ld_out + c0;
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; ++q) {
+          const int left = valid - 8 * q;
+          if (left <= 0) break;
+          _mm256_mask_storeu_ps(out + 8 * q, left >= 8 ? __mmask8{0xFF} : static_cast<__mmask8>((1u << left) - 1u),
+                                v[q]);
+        }
+      }
+    }
+  }
+}
+
+// pixels > 1: vector v of the row holds output pixels v * P .. v * P + P - 1 (all C channels each, P * C
+// = 64 bytes); its input column at kernel column kw is the 64 bytes from input pixel v * P - pw + kw * dw
+// (stride 1), with the bytes of pixels outside the image replaced by zero-point bytes.
+template <bool kClamp>
+PYQ_TARGET_VNNI void dw_rows_packed_row(const DepthwiseArgs& a, const DepthwiseVnniRowsPlan& p, const Epilogue& e,
+                                        const uint8_t* const (&rb)[3], uint8_t* __restrict scratch) {
+  const int64_t P = p.pixels, C = a.C, dw = a.dil_w;
+  DwOut o;
+  o.c0 = 0;
+  o.valid = 64;
+  o.mask = ~__mmask64{0};
+  o.inv = _mm512_set1_ps(e.inv_out_scale);
+  o.c256 = _mm512_set1_ps(256.0f);
+  o.zp16 = _mm512_set1_epi16(static_cast<int16_t>(e.out_zero_point));
+  o.lo16 = e.relu ? o.zp16 : _mm512_set1_epi16(INT16_MIN);
+  DwBlock blk;
+#pragma GCC unroll 4
+  for (int m = 0; m < 4; ++m) {
+    blk.init[m] = _mm512_loadu_si512(p.acc_init + m * 16);
+    blk.mult[m] = _mm512_loadu_ps(p.multiplier + m * 16);
+    blk.bias[m] = _mm512_loadu_ps(p.bias + m * 16);
+  }
+  __m512i wr[3][4];
+#pragma GCC unroll 3
+  for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 4
+    for (int m = 0; m < 4; ++m) wr[kw][m] = _mm512_loadu_si512(p.w + (kw * 4 + m) * 64);
+  const __m512i zx_col = _mm512_set1_epi8(static_cast<char>(a.x_zero_point));
+  __m512i* const col = reinterpret_cast<__m512i*>(scratch);
+  const int64_t NV = (a.OW + P - 1) / P;
+  const int64_t chunk = kDwChunk / P;  // vectors per scratch fill: at most kDwChunk + 2 dw columns
+  for (int64_t v0 = 0; v0 < NV; v0 += chunk) {
+    const int64_t v1 = v0 + chunk < NV ? v0 + chunk : NV;
+    const int64_t iw0 = v0 * P - a.pad_w;
+    const int64_t ncols = (v1 - 1 - v0) * P + 2 * dw + 1;
+    for (int64_t j = 0; j < ncols; ++j) {
+      const int64_t iw = iw0 + j;  // first input pixel of the column
+      const int64_t lo = iw < 0 ? -iw : 0;
+      const int64_t hi = a.W - iw < P ? a.W - iw : P;  // pixels [lo, hi) of the column lie in the image
+      if (hi <= lo) {
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) _mm512_store_si512(col + j * 4 + m, zx_col);
+        continue;
+      }
+      const __mmask64 in = (hi * C >= 64 ? ~__mmask64{0} : ((__mmask64{1} << (hi * C)) - 1)) &
+                           ~((__mmask64{1} << (lo * C)) - 1);
+      __m512i r[3];
+#pragma GCC unroll 3
+      for (int kh = 0; kh < 3; ++kh) {
+        // The column may start before the row (iw < 0): its masked-off bytes are not read (AVX-512 masked
+        // loads do not fault on them).
+        const auto* src = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(rb[kh]) + iw * C);
+        r[kh] = _mm512_mask_loadu_epi8(zx_col, in, src);
+      }
+      __m512i d[4];
+      dw_interleave3(r[0], r[1], r[2], d);
+#pragma GCC unroll 4
+      for (int m = 0; m < 4; ++m) _mm512_store_si512(col + j * 4 + m, d[m]);
+    }
+    for (int64_t v = v0; v < v1; ++v) {
+      const __m512i* c = col + (v - v0) * P * 4;
+      __m512i acc[4];
+#pragma GCC unroll 4
+      for (int m = 0; m < 4; ++m) acc[m] = blk.init[m];
+#pragma GCC unroll 3
+      for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 4
+        for (int m = 0; m < 4; ++m) acc[m] = _mm512_dpbusd_epi32(acc[m], _mm512_load_si512(c + kw * dw * 4 + m), wr[kw][m]);
+      const int64_t px = a.OW - v * P < P ? a.OW - v * P : P;
+      const int64_t ow = v * P;
+      if (px == P) {
+        if (e.requantize) {
+          dw_rows_store_u8<true, kClamp>(acc, blk, o, e.out_u8 + ow * e.ld_out);
+        } else {
+          dw_rows_store_f32<true>(acc, blk, e.relu, e.out_f + ow * e.ld_out, 64);
+        }
+      } else {
+        DwOut ot = o;
+        ot.valid = static_cast<int>(px * C);
+        ot.mask = (__mmask64{1} << (px * C)) - 1;
+        if (e.requantize) {
+          dw_rows_store_u8<false>(acc, blk, ot, e.out_u8 + ow * e.ld_out);
+        } else {
+          dw_rows_store_f32<false>(acc, blk, e.relu, e.out_f + ow * e.ld_out, ot.valid);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+PYQ_TARGET_VNNI void depthwise_vnni_rows_prepare(const int8_t* w_payload, int64_t C, int64_t C_pad,
+                                                 const int32_t* zero_point_term, const float* multiplier,
+                                                 const float* bias, int8_t* w_out, int32_t* acc_init_out,
+                                                 float* multiplier_out, float* bias_out) {
+  const int64_t blocks = depthwise_vnni_blocks(C);
+  for (int64_t b = 0; b < blocks; ++b) {
+    for (int kw = 0; kw < 3; ++kw) {
+      // Taps (kh, kw) of the payload [kh * 3 + kw][C_pad]; the filler byte's weight is 0.
+      const __m512i r0 = _mm512_loadu_si512(w_payload + (0 * 3 + kw) * C_pad + b * 64);
+      const __m512i r1 = _mm512_loadu_si512(w_payload + (1 * 3 + kw) * C_pad + b * 64);
+      const __m512i r2 = _mm512_loadu_si512(w_payload + (2 * 3 + kw) * C_pad + b * 64);
+      const __m512i a_lo = _mm512_unpacklo_epi8(r0, r1), a_hi = _mm512_unpackhi_epi8(r0, r1);
+      const __m512i z = _mm512_setzero_si512();
+      const __m512i b_lo = _mm512_unpacklo_epi8(r2, z), b_hi = _mm512_unpackhi_epi8(r2, z);
+      const __m512i d[4] = {_mm512_unpacklo_epi16(a_lo, b_lo), _mm512_unpackhi_epi16(a_lo, b_lo),
+                            _mm512_unpacklo_epi16(a_hi, b_hi), _mm512_unpackhi_epi16(a_hi, b_hi)};
+      for (int m = 0; m < 4; ++m) _mm512_storeu_si512(w_out + ((b * 3 + kw) * 4 + m) * 64, d[m]);
+    }
+    for (int m = 0; m < 4; ++m)
+      for (int L = 0; L < 16; ++L) {
+        const int64_t c = b * 64 + 16 * (L / 4) + 4 * m + L % 4;
+        const int64_t o = b * 64 + m * 16 + L;
+        const bool ok = c < C;
+        acc_init_out[o] = ok ? -zero_point_term[c] : 0;
+        multiplier_out[o] = ok ? multiplier[c] : 0.0f;
+        bias_out[o] = ok ? bias[c] : 0.0f;
+      }
+  }
+}
+
+PYQ_TARGET_VNNI void depthwise_row_vnni_rows(const DepthwiseArgs& a, const DepthwiseVnniRowsPlan& p, int64_t oh,
+                                             const Epilogue& e, uint8_t* scratch) {
+  const uint8_t* rb[3];
+  for (int kh = 0; kh < 3; ++kh) {
+    const int64_t ih = oh * a.stride_h - a.pad_h + kh * a.dil_h;
+    rb[kh] = ih >= 0 && ih < a.H ? a.x + ih * a.W * a.C : p.zero_rows;
+  }
+  uint8_t* col = reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(scratch) + 63) & ~uintptr_t{63});
+  if (p.pixels > 1) {
+    return p.clamp ? dw_rows_packed_row<true>(a, p, e, rb, col) : dw_rows_packed_row<false>(a, p, e, rb, col);
+  }
+  // Rows ih2 + 1 .. ih2 + stride_h (ih2: this row's last kernel row) that lie in the image.
+  const int64_t ih2 = oh * a.stride_h - a.pad_h + 2 * a.dil_h;
+  const int64_t pf_first = ih2 + 1 < 0 ? 0 : ih2 + 1;
+  const int64_t pf_last = ih2 + a.stride_h < a.H - 1 ? ih2 + a.stride_h : a.H - 1;
+  const uint8_t* pf = pf_last >= pf_first ? a.x + pf_first * a.W * a.C : nullptr;
+  const int64_t pf_rows = pf_last - pf_first + 1;
+  const int64_t blocks = depthwise_vnni_blocks(a.C);
+  for (int64_t b = 0; b < blocks; ++b) {
+    const uint8_t* pfb = b == 0 ? pf : nullptr;
+    if (a.C - b * 64 >= 64) {
+      if (p.clamp) {
+        dw_rows_block_row<true, true>(a, p, e, rb, b, col, pfb, pf_rows);
+      } else {
+        dw_rows_block_row<true, false>(a, p, e, rb, b, col, pfb, pf_rows);
+      }
+    } else if (a.C - b * 64 <= 32) {
+      dw_rows_tail_row(a, p, e, rb, b, col);
+    } else {
+      dw_rows_block_row<false, true>(a, p, e, rb, b, col, pfb, pf_rows);
+    }
+  }
+}
+
+PYQ_TARGET_VNNI void depthwise_row_vnni(const DepthwiseArgs& a, const DepthwiseVnniPlan& p, int64_t oh,
+                                        const Epilogue& e) {
+  if (a.KH == 3 && a.KW == 3) return dw_row<3, 3>(a, p, oh, e);
+  if (a.KH == 5 && a.KW == 5) return dw_row<5, 5>(a, p, oh, e);
+}
+
 // im2col runs: 64 bytes per instruction (masked tail) instead of the 16 of the baseline build.
 PYQ_TARGET_VNNI void copy_bytes_avx512(uint8_t* dst, const uint8_t* src, int64_t n) {
   int64_t i = 0;
@@ -507,6 +1160,21 @@ void strip_panel_vnni(const uint8_t* a, const int8_t* b, int64_t k4, int rows, i
   strip_panel_scalar(a, b, k4, rows, cols, e);
 }
 void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, const Epilogue& e) { depthwise_row_scalar(a, oh, e); }
+void depthwise_row_vnni(const DepthwiseArgs&, const DepthwiseVnniPlan&, int64_t, const Epilogue&) {}
+void depthwise_row_vnni_rows(const DepthwiseArgs&, const DepthwiseVnniRowsPlan&, int64_t, const Epilogue&, uint8_t*) {}
+void depthwise_vnni_rows_prepare(const int8_t*, int64_t, int64_t, const int32_t*, const float*, const float*, int8_t*,
+                                 int32_t*, float*, float*) {}
+void depthwise_vnni_prepare(const int8_t* w_payload, int64_t C, int64_t C_pad, int64_t taps,
+                            const int32_t* zero_point_term, const float* multiplier, const float* bias,
+                            int8_t* w_out, int32_t* acc_init_out, float* multiplier_out, float* bias_out) {
+  const int64_t blocks = depthwise_vnni_blocks(C);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t t = 0; t < taps; ++t)
+      for (int j = 0; j < 4; ++j)
+        for (int i = 0; i < 64; ++i)
+          w_out[((b * taps + t) * 4 + j) * 64 + i] = i % 4 == j ? w_payload[t * C_pad + b * 64 + i] : int8_t{0};
+  depthwise_vnni_prepare_params(C, zero_point_term, multiplier, bias, acc_init_out, multiplier_out, bias_out);
+}
 bool cpu_has_amx() { return false; }
 void copy_bytes_avx512(uint8_t* dst, const uint8_t* src, int64_t n) { std::memcpy(dst, src, n); }
 void amx_begin() {}
