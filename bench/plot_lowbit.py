@@ -1,0 +1,64 @@
+"""Bar chart of the low-bit ablation (issue 11): top-1 per component on the reported networks, from the results
+JSON of bench/quantize_table.py (mean and std over seeds, FP32 as a line).
+
+    python bench/plot_lowbit.py --results bench/results/quantize_table_lowbit.json --out docs/lowbit_ablation.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+LABELS = {"best_stop17_calibration": "calibration only (best, stop 17)",
+          "best": "+ block reconstruction (best)"}
+
+
+def cells(results):
+    """{(model, config): {recipe: [top-1 per seed]}} of every convention-'all layers' run."""
+    out = {}
+    for key, run in results["runs"].items():
+        model, recipe, config, convention, _ = key.split("|")
+        if convention == "all layers quantized":
+            out.setdefault((model, config), {}).setdefault(recipe, []).append(run["top1"])
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results", default="bench/results/quantize_table_lowbit.json")
+    p.add_argument("--out", default="docs/lowbit_ablation.png")
+    args = p.parse_args(argv)
+    results = json.load(open(args.results))
+    groups = sorted(cells(results).items())
+    recipes = [r for r in LABELS if any(r in g for _, g in groups)]
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(groups), 3.6))
+    width = 0.8 / max(1, len(recipes))
+    for i, recipe in enumerate(recipes):
+        xs, means, stds = [], [], []
+        for j, (_, g) in enumerate(groups):
+            if recipe in g:
+                xs.append(j + (i - (len(recipes) - 1) / 2) * width)
+                means.append(statistics.mean(g[recipe]))
+                stds.append(statistics.stdev(g[recipe]) if len(g[recipe]) > 1 else 0.0)
+        bars = ax.bar(xs, means, width, yerr=stds, capsize=3, label=LABELS[recipe])
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    for j, ((model, _), _) in enumerate(groups):
+        fp = results["fp32"][model]
+        ax.hlines(fp, j - 0.45, j + 0.45, colors="k", linestyles="--", linewidth=1)
+    ax.set_xticks(range(len(groups)), [f"{m}\n{c}" for (m, c), _ in groups])
+    ax.set_ylabel("top-1 (%), 10,000 test images")
+    ax.set_title("every layer quantized; dashed: FP32; mean ± std over seeds", fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(args.out)
+
+
+if __name__ == "__main__":
+    main()
