@@ -1,7 +1,7 @@
 """Bar chart of the low-bit ablation (issue 11): top-1 per component on the reported networks, from the results
 JSON of bench/quantize_table.py (mean and std over seeds, FP32 as a line).
 
-    python bench/plot_lowbit.py --results bench/results/quantize_table_lowbit.json --out docs/lowbit_ablation.png
+    python bench/plot_lowbit.py --out docs/lowbit_ablation.png
 """
 
 from __future__ import annotations
@@ -31,10 +31,15 @@ def cells(results):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--results", default="bench/results/quantize_table_lowbit.json")
+    p.add_argument("--results", nargs="+", default=["bench/results/quantize_table_lowbit.json",
+                                                   "bench/results/quantize_table_lowbit_resnet56.json"])
     p.add_argument("--out", default="docs/lowbit_ablation.png")
     args = p.parse_args(argv)
-    results = json.load(open(args.results))
+    results = {"runs": {}, "fp32": {}}
+    for path in args.results:
+        part = json.load(open(path))
+        results["runs"].update(part["runs"])
+        results["fp32"].update(part["fp32"])
     groups = sorted(cells(results).items())
     recipes = [r for r in LABELS if any(r in g for _, g in groups)]
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(groups), 3.6))
