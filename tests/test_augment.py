@@ -1,6 +1,6 @@
 """Augmented views for training on synthetic data (pyquant.finetune.augment): every view is a flip and/or a
-shift of its own sample (checked against a naive per-pixel loop), views are deterministic under the seed, and
-reconstruct(views=) trains on them."""
+shift of its own sample (checked against a naive per-pixel loop), views are deterministic under the seed, and the
+low-pass filter keeps what is below its cut-off (reconstruct(views=): tests/test_reconstruct.py)."""
 
 import pytest
 import torch
@@ -49,28 +49,6 @@ def test_bad_view_counts_name_the_argument(views):
 def test_flip_and_shift_needs_images():
     with pytest.raises(ValueError, match="N, C, H, W"):
         flip_and_shift(torch.zeros(4, 10), torch.Generator())
-
-
-def test_reconstruct_trains_on_the_views():
-    """views=1 is the same reconstruction as passing the data and its view explicitly (same seed)."""
-    import nets
-    import pyquant
-    from pyquant.finetune import reconstruct
-
-    torch.manual_seed(0)
-    m = nets.resnet8()
-    qm = pyquant.quantize(m, "zeroq", w_bits=4, a_bits=4, input_shape=(3, 32, 32), num_samples=8,
-                          data_iterations=2, progress=False)
-    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    settings = dict(iterations=3, batch_size=8, progress=False, seed=5)
-    with_view = reconstruct(qm, x, views=1, **settings)
-    explicit = reconstruct(qm, with_views(x, 1, seed=5), **settings)
-    plain = reconstruct(qm, x, **settings)
-    sa, sb, sc = with_view.state_dict(), explicit.state_dict(), plain.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    assert any(not torch.equal(sa[k], sc[k]) for k in sa)
-    with pytest.raises(ValueError, match="views"):
-        reconstruct(qm, x, views=-1, **settings)
 
 
 def test_low_pass_keeps_low_frequencies_and_removes_high_ones():

@@ -37,7 +37,7 @@ def _case(n, c, h, w, k=3, gen=None):
     return x, wq, ws, b
 
 
-def _check(kernel, x, wq, ws, b, stride, padding, dilation=1, x_zp=77, hit_clamps=True):
+def assert_matches_reference(kernel, x, wq, ws, b, stride, padding, dilation=1, x_zp=77, hit_clamps=True):
     c = wq.shape[0]
     packed = ops.pack_int8_weight(wq, ws, groups=c)
     args = (stride, padding, dilation, c)
@@ -72,7 +72,7 @@ def test_depthwise_matches_reference(kernel, c, stride, padding):
         subcases.append((1, 112, 112, "contiguous", 77))
     for n, h, w, layout, x_zp in subcases:
         x, wq, ws, b = _case(n, c, h, w, gen=g)
-        _check(kernel, make_layout(x, layout), wq, ws, b, stride, padding, x_zp=x_zp, hit_clamps=c >= 17)
+        assert_matches_reference(kernel, make_layout(x, layout), wq, ws, b, stride, padding, x_zp=x_zp, hit_clamps=c >= 17)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -83,7 +83,7 @@ def test_depthwise_border_only(kernel, c, h, w, padding):
     g = torch.Generator().manual_seed(h * 100 + w)
     x, wq, ws, b = _case(2, c, h, w, gen=g)
     for stride in (1, 2):
-        _check(kernel, x, wq, ws, b, stride, padding, x_zp=200, hit_clamps=False)
+        assert_matches_reference(kernel, x, wq, ws, b, stride, padding, x_zp=200, hit_clamps=False)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -93,7 +93,7 @@ def test_depthwise_border_only(kernel, c, h, w, padding):
 def test_depthwise_kernel_size_and_dilation(kernel, k, stride, padding, dilation, c):
     g = torch.Generator().manual_seed(k)
     x, wq, ws, b = _case(2, c, 13, 11, k=k, gen=g)
-    _check(kernel, make_layout(x, "channels_last"), wq, ws, b, stride, padding, dilation)
+    assert_matches_reference(kernel, make_layout(x, "channels_last"), wq, ws, b, stride, padding, dilation)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

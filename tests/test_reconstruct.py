@@ -201,3 +201,17 @@ def test_start_rounding_current_starts_from_the_layers_own_rounding():
     assert flips > 0  # SQuant changed some roundings, so the two starts differ
     with pytest.raises(ValueError, match="start_rounding"):
         reconstruct(qm, torch.zeros(2, 3, 32, 32), start_rounding="squant", **SETTINGS)
+
+
+def test_views_are_the_data_with_its_flipped_and_shifted_copies(calibrated):
+    """views=1 is the same reconstruction as passing the data and its view explicitly (same seed)."""
+    from pyquant.finetune.augment import with_views
+
+    _, qm, x = calibrated
+    settings = dict(SETTINGS, seed=5)
+    with_view = reconstruct(qm, x, views=1, **settings)
+    explicit = reconstruct(qm, with_views(x, 1, seed=5), **settings)
+    plain = reconstruct(qm, x, **settings)
+    assert _states_equal(with_view, explicit) and not _states_equal(with_view, plain)
+    with pytest.raises(ValueError, match="views"):
+        reconstruct(qm, x, views=-1, **settings)

@@ -476,6 +476,25 @@ PYQ_TARGET_VNNI inline void dw_store_u8(const __m512i (&acc)[4], const DwBlock& 
   }
 }
 
+// Stores 64 floats: 128-bit lane k of src[m] to out[16 k + 4 m ..] -- a 4 x 4 transpose of the 128-bit lanes
+// (shared by both depthwise kernels' float32 epilogues); only the first ``valid`` floats unless kFull.
+template <bool kFull>
+PYQ_TARGET_VNNI inline void store_f32_lanes_transposed(const __m512 (&src)[4], float* out, int valid) {
+  const __m512 u01a = _mm512_shuffle_f32x4(src[0], src[1], 0x44), u23a = _mm512_shuffle_f32x4(src[2], src[3], 0x44);
+  const __m512 u01b = _mm512_shuffle_f32x4(src[0], src[1], 0xEE), u23b = _mm512_shuffle_f32x4(src[2], src[3], 0xEE);
+  const __m512 v[4] = {_mm512_shuffle_f32x4(u01a, u23a, 0x88), _mm512_shuffle_f32x4(u01a, u23a, 0xDD),
+                       _mm512_shuffle_f32x4(u01b, u23b, 0x88), _mm512_shuffle_f32x4(u01b, u23b, 0xDD)};
+#pragma GCC unroll 4
+  for (int k = 0; k < 4; ++k) {
+    if (kFull) {
+      _mm512_storeu_ps(out + 16 * k, v[k]);
+    } else {
+      const __mmask16 m = lane_mask(valid - 16 * k);
+      if (m) _mm512_mask_storeu_ps(out + 16 * k, m, v[k]);
+    }
+  }
+}
+
 // float32: y (with ReLU as requantize.h: max(y, 0)), then a 4 x 4 transpose of floats inside each
 // 128-bit lane (t_i lane k = channels 16k + 4i .. + 3) and one of the 128-bit lanes (V_k = channels
 // 16k .. 16k + 15).
@@ -495,19 +514,7 @@ PYQ_TARGET_VNNI inline void dw_store_f32(const __m512i (&acc)[4], const DwBlock&
   const __m512 t1 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(lo01), _mm512_castps_pd(lo23)));
   const __m512 t2 = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(hi01), _mm512_castps_pd(hi23)));
   const __m512 t3 = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(hi01), _mm512_castps_pd(hi23)));
-  const __m512 u01a = _mm512_shuffle_f32x4(t0, t1, 0x44), u23a = _mm512_shuffle_f32x4(t2, t3, 0x44);
-  const __m512 u01b = _mm512_shuffle_f32x4(t0, t1, 0xEE), u23b = _mm512_shuffle_f32x4(t2, t3, 0xEE);
-  const __m512 v[4] = {_mm512_shuffle_f32x4(u01a, u23a, 0x88), _mm512_shuffle_f32x4(u01a, u23a, 0xDD),
-                       _mm512_shuffle_f32x4(u01b, u23b, 0x88), _mm512_shuffle_f32x4(u01b, u23b, 0xDD)};
-#pragma GCC unroll 4
-  for (int k = 0; k < 4; ++k) {
-    if (kFull) {
-      _mm512_storeu_ps(out + 16 * k, v[k]);
-    } else {
-      const __mmask16 m = lane_mask(valid - 16 * k);
-      if (m) _mm512_mask_storeu_ps(out + 16 * k, m, v[k]);
-    }
-  }
+  store_f32_lanes_transposed<kFull>({t0, t1, t2, t3}, out, valid);
 }
 
 // The accumulators of one pixel and block: tap t's 64 channel bytes start at tap[t].
@@ -709,19 +716,7 @@ PYQ_TARGET_VNNI inline void dw_rows_store_f32(const __m512i (&acc)[4], const DwB
     y[m] = _mm512_add_ps(y[m], blk.bias[m]);
     if (relu) y[m] = _mm512_max_ps(y[m], _mm512_setzero_ps());
   }
-  const __m512 u01a = _mm512_shuffle_f32x4(y[0], y[1], 0x44), u23a = _mm512_shuffle_f32x4(y[2], y[3], 0x44);
-  const __m512 u01b = _mm512_shuffle_f32x4(y[0], y[1], 0xEE), u23b = _mm512_shuffle_f32x4(y[2], y[3], 0xEE);
-  const __m512 v[4] = {_mm512_shuffle_f32x4(u01a, u23a, 0x88), _mm512_shuffle_f32x4(u01a, u23a, 0xDD),
-                       _mm512_shuffle_f32x4(u01b, u23b, 0x88), _mm512_shuffle_f32x4(u01b, u23b, 0xDD)};
-#pragma GCC unroll 4
-  for (int k = 0; k < 4; ++k) {
-    if (kFull) {
-      _mm512_storeu_ps(out + 16 * k, v[k]);
-    } else {
-      const __mmask16 m = lane_mask(valid - 16 * k);
-      if (m) _mm512_mask_storeu_ps(out + 16 * k, m, v[k]);
-    }
-  }
+  store_f32_lanes_transposed<kFull>(y, out, valid);
 }
 
 template <bool kFull, bool kClamp>
