@@ -37,7 +37,7 @@ from pyquant.data import evaluate_top1, find_shared_data, load_cifar10_npz  # no
 from pyquant.models import resnet_cifar  # noqa: E402
 from quantize_table import CHECKPOINTS, save_json, synthetic_data  # noqa: E402
 
-CONFIGS = {"W4A4": (4, 4), "W3A3": (3, 3), "W2A4": (2, 4)}
+CONFIGS = {"W4A8": (4, 8), "W4A4": (4, 4), "W3A3": (3, 3), "W2A4": (2, 4)}
 # recipe best's calibration (SQuant rounding, ABN halfway to the trained statistics, no selection) as changes to brecq
 BEST_CALIBRATION = {"weight_rounding": "squant", "abn": True, "abn_after_activations": True, "abn_below_bits": 8,
                     "abn_bn_weight": 0.5}
