@@ -301,3 +301,21 @@ def test_lower_cpu_variants_match_reference(isa):
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().endswith("ok")
+
+
+def test_torch_compile_fullgraph():
+    torch._dynamo.reset()
+
+    def step(x, scale, zp, seed):
+        return ops.fake_quant_lsq_qdrop(x, scale, zp, 0, 15, drop_p=0.5, seed=seed).relu().sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    x = torch.rand(8, 16, requires_grad=True)
+    scale = torch.tensor([1 / 15], requires_grad=True)
+    zp = torch.tensor([0.0], requires_grad=True)
+    out = compiled(x, scale, zp, 5)
+    grads = torch.autograd.grad(out, (x, scale))
+    expected = step(x, scale, zp, 5)
+    for a, b in zip(grads, torch.autograd.grad(expected, (x, scale))):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
