@@ -1,15 +1,18 @@
-"""One block-reconstruction iteration (pyquant.finetune.reconstruct) with the fused LSQ activation op against
+"""One block-reconstruction iteration (pyquant.finetune.reconstruct) with the fused LSQ + QDrop activation op against
 the same iteration on eager activation quantizers, in the same run (issue 11: target >= 1.5x).
 
 Run: PYQ_BENCH_THREADS=1 python -m pytest bench/bench_reconstruct.py --benchmark-only \
          --benchmark-json bench/results/bench_reconstruct.json
 One benchmark = ``ITERATIONS`` iterations of ``_reconstruct_block`` on one residual block of a ResNet-32
 (W4A4, batch 32; forward with QDrop, reconstruction loss + AdaRound regularizer, backward, Adam) from its
-cached inputs. Implementations of the activation quantizers' forward and backward:
-  pyquant  ops.fake_quant_lsq (the fused kernel, as reconstruct runs)
-  aten     torch._fake_quantize_learnable_per_tensor_affine (PyTorch's LSQ op)
-  eager    round/clamp with a straight-through round (pyquant.reference.learned.lsq)
-The AdaRound weight path (rectified sigmoid, clamp, step) is the same eager code in all three.
+cached inputs. Each implementation replaces the whole activation function ``_quantize_activation`` (LSQ
+fake-quant + QDrop):
+  pyquant  ops.fake_quant_lsq_qdrop: LSQ and QDrop in one kernel, the mask hashed from a seed (as reconstruct runs)
+  aten     torch._fake_quantize_learnable_per_tensor_affine (PyTorch's LSQ op), then eager QDrop
+  eager    round/clamp with a straight-through round (pyquant.reference.learned.lsq), then eager QDrop
+Eager QDrop: a torch.rand mask from the generator and ``x * keep + y * (1 - keep)`` (what reconstruct ran before
+the fused op; torch.where's backward is 3x slower on CPU). The AdaRound weight path (rectified sigmoid, clamp,
+step) is the same eager code in all three.
 """
 
 import importlib
@@ -32,7 +35,19 @@ def aten_lsq(x, scale, zero_point, qmin, qmax, axis, g):
                                                             qmin, qmax, g)
 
 
-IMPLS = {"pyquant": None, "aten": aten_lsq, "eager": eager_lsq}
+def with_eager_qdrop(lsq):
+    """``_quantize_activation`` built from an LSQ function and QDrop in eager PyTorch."""
+    def quantize_activation(x, scale, zero_point, qmin, qmax, grad_factor, drop_p, generator):
+        y = lsq(x, scale, zero_point, qmin, qmax, None, grad_factor)
+        if drop_p > 0:
+            keep_fp = (torch.rand(x.shape, generator=generator, device=x.device) < drop_p).to(x.dtype)
+            y = x * keep_fp + y * (1 - keep_fp)  # torch.where(keep_fp, x, y), exactly for finite values
+        return y
+
+    return quantize_activation
+
+
+IMPLS = {"pyquant": rc._quantize_activation, "aten": with_eager_qdrop(aten_lsq), "eager": with_eager_qdrop(eager_lsq)}
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +68,7 @@ def calibrated():
 @pytest.mark.parametrize("impl", list(IMPLS))
 def test_reconstruct_iterations(benchmark, calibrated, monkeypatch, block, impl):
     qm, units, inputs = calibrated
-    if IMPLS[impl] is not None:
-        monkeypatch.setattr(rc.ops, "fake_quant_lsq", IMPLS[impl])
+    monkeypatch.setattr(rc, "_quantize_activation", IMPLS[impl])
     unit, x = units[block], inputs[block]
     benchmark.group = f"reconstruct {block} x{ITERATIONS}"
 

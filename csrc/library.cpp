@@ -19,6 +19,16 @@ TORCH_LIBRARY(pyquant, m) {
   m.def(
       "fake_quant_lsq_backward(Tensor grad, Tensor x, Tensor scale, Tensor zero_point, int quant_min, "
       "int quant_max, int? axis, float grad_factor) -> (Tensor, Tensor, Tensor)");
+  // LSQ with QDrop (Wei et al. 2022) fused in: element i (row-major flat index) passes through in FP32
+  // -- y = x, dx = grad, nothing to d scale / d zero_point -- when u(seed, i) < drop_p, with u the
+  // counter-based uniform of pyquant/qdrop_math.h; LSQ elsewhere. The backward recomputes the mask
+  // from the seed.
+  m.def(
+      "fake_quant_lsq_qdrop(Tensor x, Tensor scale, Tensor zero_point, int quant_min, int quant_max, int? axis, "
+      "float grad_factor, float drop_p, int seed) -> Tensor");
+  m.def(
+      "fake_quant_lsq_qdrop_backward(Tensor grad, Tensor x, Tensor scale, Tensor zero_point, int quant_min, "
+      "int quant_max, int? axis, float grad_factor, float drop_p, int seed) -> (Tensor, Tensor, Tensor)");
   // PACT (Choi et al. 2018): learnable clipping level alpha.
   m.def("fake_quant_pact(Tensor x, Tensor alpha, int bits, int? axis=None) -> Tensor");
   m.def("fake_quant_pact_backward(Tensor grad, Tensor x, Tensor alpha, int bits, int? axis) -> (Tensor, Tensor)");

@@ -29,6 +29,7 @@ __all__ = [
     "checked_mode",
     "fake_quant",
     "fake_quant_lsq",
+    "fake_quant_lsq_qdrop",
     "fake_quant_pact",
     "histogram",
     "histogram_range",
@@ -262,6 +263,88 @@ def _lsq_backward(ctx, grad_y):
 
 
 torch.library.register_autograd("pyquant::fake_quant_lsq", _lsq_backward, setup_context=_lsq_setup)
+
+
+# --------------------------------------------------------------------------------------------------
+# LSQ with QDrop
+
+_SEED_LIMIT = 2**63
+
+
+def _check_drop_p(drop_p) -> float:
+    if isinstance(drop_p, bool) or not isinstance(drop_p, Number):
+        raise TypeError(f"drop_p must be a number, got {type(drop_p).__name__}")
+    drop_p = float(drop_p)
+    if not 0.0 <= drop_p <= 1.0:  # NaN fails too
+        raise ValueError(f"fake_quant_lsq_qdrop: drop_p must be a probability in [0, 1], got {drop_p}")
+    return drop_p
+
+
+def _check_seed(seed) -> int:
+    _check_int("seed", seed)
+    if not 0 <= seed < _SEED_LIMIT:
+        raise ValueError(f"fake_quant_lsq_qdrop: seed must be in [0, 2^63), got {seed}")
+    return seed
+
+
+def fake_quant_lsq_qdrop(
+    x: Tensor,
+    scale: TensorOrNumber,
+    zero_point: TensorOrNumber,
+    qmin: int,
+    qmax: int,
+    axis: Optional[int] = None,
+    grad_factor: float = 1.0,
+    *,
+    drop_p: float,
+    seed: int,
+) -> Tensor:
+    """:func:`fake_quant_lsq` with QDrop (Wei et al., ICLR 2022) in the same kernel: each element passes
+    through in FP32 -- ``y = x``, ``dy/dx = 1``, no contribution to the ``scale`` / ``zero_point``
+    gradients -- when ``u(seed, i) < drop_p``, and is LSQ fake-quantized otherwise.
+
+    ``u`` is a counter-based uniform on [0, 1) (resolution 2^-24) hashed from ``seed`` and the element's
+    row-major flat index ``i`` (csrc/include/pyquant/qdrop_math.h; :func:`pyquant.reference.qdrop_keep_fp`
+    computes the same mask in plain PyTorch): the same ``(seed, shape)`` gives the same mask on every
+    device, thread count and memory layout, and the backward recomputes it instead of storing it.
+    Draw a fresh ``seed`` (an int in [0, 2^63)) per call for a fresh mask. ``drop_p = 0`` is
+    :func:`fake_quant_lsq` exactly; ``drop_p = 1`` is the identity.
+    """
+    scale, zero_point = _affine_args(x, scale, zero_point, qmin, qmax, axis, zero_point_dtype=torch.float32)
+    drop_p = _check_drop_p(drop_p)
+    seed = _check_seed(seed)
+    if checked_mode():
+        _check_params_on_device("fake_quant_lsq_qdrop", "scale", scale, zero_point, qmin, qmax, qmax - qmin)
+    return torch.ops.pyquant.fake_quant_lsq_qdrop(x, scale, zero_point, qmin, qmax, axis, float(grad_factor), drop_p,
+                                                  seed)
+
+
+@torch.library.register_fake("pyquant::fake_quant_lsq_qdrop")
+def _fake_quant_lsq_qdrop_fake(x, scale, zero_point, quant_min, quant_max, axis, grad_factor, drop_p, seed):
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("pyquant::fake_quant_lsq_qdrop_backward")
+def _fake_quant_lsq_qdrop_backward_fake(grad, x, scale, zero_point, quant_min, quant_max, axis, grad_factor, drop_p,
+                                        seed):
+    return _fake_quant_lsq_backward_fake(grad, x, scale, zero_point, quant_min, quant_max, axis, grad_factor)
+
+
+def _lsq_qdrop_setup(ctx, inputs, output):
+    x, scale, zero_point, quant_min, quant_max, axis, grad_factor, drop_p, seed = inputs
+    ctx.save_for_backward(x, scale, zero_point)  # no mask: the backward rehashes it from the seed
+    ctx.args = (quant_min, quant_max, axis, grad_factor, drop_p, seed)
+
+
+def _lsq_qdrop_backward(ctx, grad_y):
+    x, scale, zero_point = ctx.saved_tensors
+    dx, dscale, dzp = torch.ops.pyquant.fake_quant_lsq_qdrop_backward(grad_y, x, scale, zero_point, *ctx.args)
+    if not zero_point.is_floating_point():
+        dzp = None
+    return dx, dscale, dzp, None, None, None, None, None, None
+
+
+torch.library.register_autograd("pyquant::fake_quant_lsq_qdrop", _lsq_qdrop_backward, setup_context=_lsq_qdrop_setup)
 
 
 # --------------------------------------------------------------------------------------------------

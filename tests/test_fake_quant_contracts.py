@@ -31,6 +31,13 @@ def opcheck_cases():
     yield torch.ops.pyquant.fake_quant_lsq.default, (xg, torch.tensor([0.05], requires_grad=True),
                                                      torch.tensor([1.0], requires_grad=True), 0, 15, None, 1.0)
     yield torch.ops.pyquant.fake_quant_lsq_backward.default, (torch.randn(3, 4, 5), x, s4, z4.float(), -8, 7, 1, 1.0)
+    yield torch.ops.pyquant.fake_quant_lsq_qdrop.default, (xg, sg, zg, -8, 7, 1, 0.5, 0.5, 3)
+    yield torch.ops.pyquant.fake_quant_lsq_qdrop.default, (x_cl.clone().requires_grad_(True),
+                                                           torch.tensor([0.05], requires_grad=True),
+                                                           torch.tensor([1.0], requires_grad=True), 0, 15, None, 1.0,
+                                                           0.3, 2**40)
+    yield torch.ops.pyquant.fake_quant_lsq_qdrop_backward.default, (torch.randn(3, 4, 5), x, s4, z4.float(), -8, 7, 1,
+                                                                    1.0, 0.5, 3)
     ag = torch.tensor([1.5], requires_grad=True)
     yield torch.ops.pyquant.fake_quant_pact.default, (xg, ag, 4, None)
     yield torch.ops.pyquant.fake_quant_pact.default, (xg, (torch.rand(4) + 0.5).requires_grad_(True), 3, 1)

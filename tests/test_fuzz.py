@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pyquant import calib, ops
+from pyquant import calib, ops, reference
 
 F32 = torch.finfo(torch.float32)
 SPECIAL = [0.0, -0.0, F32.max, -F32.max, F32.tiny, -F32.tiny, 1e-40, -1e-45, float("inf"), float("-inf"),
@@ -113,6 +113,24 @@ def test_fuzz_fake_quant_lsq_and_pact(x, scale, grid):
         assert torch.equal(torch.isnan(y.float()), torch.isnan(x.float()))
     except (ValueError, TypeError):
         pass
+
+
+@FUZZ
+@given(x=tensors(), scale=scales, grid=grids, drop_p=st.sampled_from([0.0, 1e-7, 0.5, 1.0]),
+       seed=st.integers(0, 2**63 - 1))
+def test_fuzz_fake_quant_lsq_qdrop(x, scale, grid, drop_p, seed):
+    # Elements QDrop keeps are x itself (NaN and inf included), the others exactly fake_quant_lsq's output.
+    qmin, qmax = grid
+    s, z = torch.tensor([scale]), torch.zeros(1)
+    try:
+        y = ops.fake_quant_lsq_qdrop(x, s, z, qmin, qmax, drop_p=drop_p, seed=seed)
+    except (ValueError, TypeError):
+        with pytest.raises((ValueError, TypeError)):
+            ops.fake_quant_lsq(x, s, z, qmin, qmax)
+        return
+    keep = reference.qdrop_keep_fp(x.shape, drop_p, seed)
+    expected = torch.where(keep, x, ops.fake_quant_lsq(x, s, z, qmin, qmax))
+    assert torch.equal(y.isnan(), expected.isnan()) and torch.equal(y[~y.isnan()], expected[~expected.isnan()])
 
 
 @FUZZ

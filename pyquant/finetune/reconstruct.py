@@ -15,7 +15,8 @@ quantizer's step (LSQ, on ``ops.fake_quant_lsq``). Weights are ``s * clip(floor(
 with the rectified sigmoid ``h(V) = clip(sigmoid(V) (zeta - gamma) + gamma, 0, 1)``, zeta = 1.1,
 gamma = -0.1 (AdaRound eq. 23), V initialised so that h(V) = w/s0 - floor(w/s0). beta anneals linearly
 20 -> 2 after a warm-up (20 % of the iterations) without the regularizer. QDrop: during reconstruction
-every activation quantizer of the block passes each element in FP32 with probability ``qdrop_p``.
+every activation quantizer of the block passes each element in FP32 with probability ``qdrop_p`` (inside the LSQ
+kernel: ``ops.fake_quant_lsq_qdrop``).
 At the end of a block the rounding is made hard (V >= 0), the weight replaced by its on-grid values
 (``set_rounded_weight``) and the learned steps written into the ordinary FakeQuantizers, so the result is
 an ordinary fake-quant network (``pyquant.int8.convert`` runs it).
@@ -155,8 +156,22 @@ class AdaRoundWeight(nn.Module):
         return self.step() * torch.clamp(self.floor + frac, self.qmin, self.qmax)
 
 
+def _quantize_activation(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int, grad_factor: float,
+                         drop_p: float, generator: Optional[torch.Generator]) -> Tensor:
+    """LSQ fake quantization of an activation; with ``drop_p > 0`` QDrop passes each element in FP32 with
+    probability ``drop_p``, both in one kernel (``ops.fake_quant_lsq_qdrop``). The mask's seed is drawn
+    from ``generator`` on every call, so masks are fresh per iteration and reproducible under
+    reconstruct's seed (resuming from a checkpoint replays them). bench/bench_reconstruct.py swaps this
+    function for the eager and ATen variants."""
+    if drop_p > 0:
+        seed = int(torch.randint(0, 2**31 - 1, (), generator=generator, device=generator.device))
+        return ops.fake_quant_lsq_qdrop(x, scale, zero_point, qmin, qmax, None, grad_factor, drop_p=drop_p,
+                                        seed=seed)
+    return ops.fake_quant_lsq(x, scale, zero_point, qmin, qmax, None, grad_factor)
+
+
 class _LearnedActivation(nn.Module):
-    """An activation FakeQuantizer's grid with an LSQ-learned step (``ops.fake_quant_lsq``) and QDrop."""
+    """An activation FakeQuantizer's grid with an LSQ-learned step and QDrop (:func:`_quantize_activation`)."""
 
     def __init__(self, quantizer: FakeQuantizer, qdrop_p: float, generator: torch.Generator):
         super().__init__()
@@ -172,14 +187,9 @@ class _LearnedActivation(nn.Module):
         if self.fp:
             return x
         q = self.quantizer
-        y = ops.fake_quant_lsq(x, self.s0 * self.step_mult, q.zero_point, q.qmin, q.qmax, None,
-                               ops.lsq_grad_factor(x[0].numel(), q.qmax))
-        if self.drop and self.qdrop_p > 0:
-            keep_fp = (torch.rand(x.shape, generator=self.generator, device=x.device) < self.qdrop_p).to(x.dtype)
-            # = torch.where(keep_fp, x, y), exactly for finite values (x * 1 + y * 0), forward and backward; where's
-            # backward is 3x slower on CPU (with the forward, 48 % of a reconstruction iteration)
-            y = x * keep_fp + y * (1 - keep_fp)
-        return y
+        return _quantize_activation(x, self.s0 * self.step_mult, q.zero_point, q.qmin, q.qmax,
+                                    ops.lsq_grad_factor(x[0].numel(), q.qmax), self.qdrop_p if self.drop else 0.0,
+                                    self.generator)
 
 
 def _run(module: nn.Module, x: Tensor, batch_size: int, overrides: Optional[Dict[str, Tensor]] = None) -> Tensor:

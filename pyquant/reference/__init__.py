@@ -3,10 +3,16 @@ baseline. They follow the kernels' contracts operation by operation, with no C++
 
 from pyquant.reference.fake_quant import (
     fake_quant,
+    fake_quant_lsq_qdrop,
     fake_quant_mask,
     lsq_backward,
+    lsq_qdrop_backward,
     pact,
     pact_backward,
+    qdrop_keep_fp,
+    qdrop_keep_fp_at,
+    qdrop_threshold,
+    qdrop_u24_at,
 )
 
 from pyquant.reference.entropy import kl_divergences_loop
@@ -25,6 +31,12 @@ __all__ = [
     "fake_quant",
     "fake_quant_mask",
     "lsq_backward",
+    "fake_quant_lsq_qdrop",
+    "lsq_qdrop_backward",
+    "qdrop_keep_fp",
+    "qdrop_keep_fp_at",
+    "qdrop_threshold",
+    "qdrop_u24_at",
     "pact",
     "pact_backward",
     "range_search",

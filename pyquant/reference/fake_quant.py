@@ -1,4 +1,4 @@
-"""Reference fake quantization (forward, STE mask, LSQ and PACT gradients) in plain PyTorch.
+"""Reference fake quantization (forward, STE mask, LSQ and PACT gradients, QDrop inside LSQ) in plain PyTorch.
 
 The forward mirrors csrc/include/pyquant/quant_math.h operation by operation in float32 (x * (1/s),
 round half to even, zero-point before or after rounding, clamp, dequantize), so it is bit-exact with
@@ -7,6 +7,7 @@ the kernels and with ``torch.fake_quantize_*``. The gradient references accumula
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -121,3 +122,75 @@ def pact_backward(grad: Tensor, x: Tensor, alpha: Tensor, bits: int, axis: Optio
     dalpha = _reduce_to(torch.where(x32 >= a, grad.to(torch.float64), torch.zeros((), dtype=torch.float64)), x,
                         axis, alpha)
     return dx, dalpha
+
+
+# --------------------------------------------------------------------------------------------------
+# QDrop inside LSQ (csrc/include/pyquant/qdrop_math.h): the counter-based mask, forward and gradients
+
+_M32 = 0xFFFFFFFF
+_QDROP_MUL1, _QDROP_MUL2 = 0x85EBCA6B, 0xC2B2AE35
+_QDROP_HI_SALT = 0x9E3779B9
+
+
+def _mul32(x: Tensor, c: int) -> Tensor:
+    """(x * c) mod 2^32 for int64 x in [0, 2^32): the constant is split into 16-bit halves so no int64
+    product exceeds 2^48 (a full 32 x 32-bit product would overflow int64)."""
+    c_lo, c_hi = c & 0xFFFF, c >> 16
+    return (x * c_lo + (((x * c_hi) & 0xFFFF) << 16)) & _M32
+
+
+def _qdrop_mix(x: Tensor) -> Tensor:
+    """qdrop_math.h qdrop_mix (MurmurHash3's fmix32) on int64 tensors holding uint32 values; the values
+    are never negative, so >> (arithmetic on int64) is the logical shift of the uint32."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, _QDROP_MUL1)
+    x = x ^ (x >> 13)
+    x = _mul32(x, _QDROP_MUL2)
+    return x ^ (x >> 16)
+
+
+def qdrop_threshold(drop_p: float) -> int:
+    """ceil(drop_p * 2^24): element i passes in FP32 iff (bits_i >> 8) < this (qdrop_math.h)."""
+    return math.ceil(float(drop_p) * 2**24)
+
+
+def qdrop_u24_at(index: Tensor, seed: int) -> Tensor:
+    """2^24 u(seed, i) for flat indices ``index`` (int64 tensor, values >= 0): the top 24 of the 32 hash
+    bits of qdrop_math.h, as int64 in [0, 2^24)."""
+    lo, hi = index & _M32, index >> 32
+    seed = int(seed) & 0xFFFFFFFFFFFFFFFF
+    seed_lo, seed_hi = seed & _M32, seed >> 32
+    a = _qdrop_mix(seed_lo ^ _qdrop_mix(seed_hi ^ _qdrop_mix((hi + _QDROP_HI_SALT) & _M32)))
+    b = _qdrop_mix((a + _QDROP_HI_SALT) & _M32)
+    return _qdrop_mix(_qdrop_mix(lo ^ a) ^ b) >> 8
+
+
+def qdrop_keep_fp_at(index: Tensor, drop_p: float, seed: int) -> Tensor:
+    """True where the element at flat index ``index`` passes through in FP32: u(seed, i) < drop_p, bit for
+    bit as the kernels decide it."""
+    return qdrop_u24_at(index, seed) < qdrop_threshold(drop_p)
+
+
+def qdrop_keep_fp(shape, drop_p: float, seed: int, device=None) -> Tensor:
+    """The QDrop mask of ``fake_quant_lsq_qdrop`` for a tensor of ``shape``: True where the element at
+    row-major flat index i passes through in FP32 (whatever the tensor's memory layout)."""
+    index = torch.arange(math.prod(shape), dtype=torch.int64, device=device)
+    return qdrop_keep_fp_at(index, drop_p, seed).reshape(tuple(shape))
+
+
+def fake_quant_lsq_qdrop(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int,
+                         axis: Optional[int], drop_p: float, seed: int) -> Tensor:
+    """x where the QDrop mask keeps FP32, LSQ's fake-quant value (``fake_quant(..., lsq_rounding=True)``)
+    elsewhere."""
+    keep = qdrop_keep_fp(x.shape, drop_p, seed, x.device)
+    return torch.where(keep, x, fake_quant(x, scale, zero_point, qmin, qmax, axis, lsq_rounding=True))
+
+
+def lsq_qdrop_backward(grad: Tensor, x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int,
+                       axis: Optional[int], grad_factor: float, drop_p: float, seed: int):
+    """(dx, dscale, dzero_point) of ``fake_quant_lsq_qdrop``: kept elements pass grad to x and nothing to
+    the parameters; the others get :func:`lsq_backward` (float64 sums)."""
+    keep = qdrop_keep_fp(x.shape, drop_p, seed, x.device)
+    quantized_grad = torch.where(keep, torch.zeros_like(grad), grad)
+    dx, dscale, dzero = lsq_backward(quantized_grad, x, scale, zero_point, qmin, qmax, axis, grad_factor)
+    return torch.where(keep, grad, dx), dscale, dzero

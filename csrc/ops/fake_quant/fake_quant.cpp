@@ -89,6 +89,11 @@ at::Tensor same_layout_as(const at::Tensor& t, const at::Tensor& like) {
   return out;
 }
 
+at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& x) {
+  if (x.is_non_overlapping_and_dense()) return same_layout_as(t, x);
+  return t.contiguous(x.suggest_memory_format());
+}
+
 namespace {
 
 // Outputs from this size up are worth a madvise call.
@@ -204,6 +209,13 @@ BackwardOperands backward_operands(const at::Tensor& grad, const at::Tensor& x, 
   o.dx = empty_output_like(o.x);
   o.layout = channel_layout(o.x, axis);
   return o;
+}
+
+QdropParams check_qdrop_args(const char* op, double drop_p, int64_t seed) {
+  // Written so that NaN fails too.
+  TORCH_CHECK_VALUE(drop_p >= 0.0 && drop_p <= 1.0, op, ": drop_p must be a probability in [0, 1], got ", drop_p);
+  TORCH_CHECK_VALUE(seed >= 0, op, ": seed must be >= 0, got ", seed);
+  return make_qdrop_params(drop_p, static_cast<uint64_t>(seed));
 }
 
 void check_grad(const char* op, const at::Tensor& grad, const at::Tensor& x) {

@@ -5,6 +5,7 @@
 #include <optional>
 #include <vector>
 
+#include "pyquant/qdrop_math.h"
 #include "pyquant/quant_math.h"
 
 namespace pyquant::ops {
@@ -36,6 +37,11 @@ at::Tensor dense_view(const at::Tensor& x);
 
 // `t` laid out exactly like `like` (same strides), copying only when it is not already.
 at::Tensor same_layout_as(const at::Tensor& t, const at::Tensor& like);
+
+// t (a kernel's contiguous result over x.contiguous()) laid out as torch.empty_like(x) would be: x's
+// strides when x is non-overlapping and dense, else x's suggested memory format. Copies only when the
+// layouts differ.
+at::Tensor in_layout_of(const at::Tensor& t, const at::Tensor& x);
 
 // A fresh CPU tensor like `like` (same strides) for a kernel to fill. Large ones are hinted to
 // transparent huge pages before their first touch (see fake_quant.cpp).
@@ -70,6 +76,9 @@ struct BackwardOperands {
   ChannelLayout layout;
 };
 BackwardOperands backward_operands(const at::Tensor& grad, const at::Tensor& x, std::optional<int64_t> axis);
+
+// QDrop's drop_p (in [0, 1]) and seed (in [0, 2^63)), checked; the constants of pyquant/qdrop_math.h.
+QdropParams check_qdrop_args(const char* op, double drop_p, int64_t seed);
 
 // Checks a gradient tensor against the forward input.
 void check_grad(const char* op, const at::Tensor& grad, const at::Tensor& x);

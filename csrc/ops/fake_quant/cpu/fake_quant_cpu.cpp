@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "../fake_quant.h"
 #include "fake_quant_kernel.h"
@@ -164,6 +165,22 @@ Tensor channel_sums_to_tensor(const double* sums, double factor, const Tensor& l
   return out.view(like.sizes()).to(like.scalar_type());
 }
 
+// d scale and d zero_point from the per-channel sums (2 rows of layout.channels) of an LSQ backward,
+// times grad_factor, shaped like the parameters. Per-channel layouts with a size-1 channel dimension
+// reduce into one sum; it is spread.
+std::pair<Tensor, Tensor> lsq_param_grads(const std::vector<double>& sums, const ChannelLayout& layout,
+                                          const Tensor& scale, const Tensor& zero_point, double grad_factor) {
+  std::vector<double> ds(scale.numel()), dz(scale.numel());
+  for (int64_t c = 0; c < scale.numel(); ++c) {
+    ds[c] = sums[layout.channels == 1 ? 0 : c];
+    dz[c] = sums[layout.channels + (layout.channels == 1 ? 0 : c)];
+  }
+  Tensor dscale = channel_sums_to_tensor(ds.data(), grad_factor, scale);
+  Tensor dzero = channel_sums_to_tensor(
+      dz.data(), grad_factor, at::isFloatingType(zero_point.scalar_type()) ? zero_point : zero_point.to(at::kFloat));
+  return {dscale, dzero};
+}
+
 std::tuple<Tensor, Tensor, Tensor> fake_quant_lsq_backward_cpu(const Tensor& grad, const Tensor& x,
                                                                const Tensor& scale, const Tensor& zero_point,
                                                                int64_t quant_min, int64_t quant_max,
@@ -180,16 +197,60 @@ std::tuple<Tensor, Tensor, Tensor> fake_quant_lsq_backward_cpu(const Tensor& gra
         k.lsq_backward(o.x.scalar_type(), o.x.const_data_ptr(), o.grad.const_data_ptr(), o.dx.mutable_data_ptr(),
                        begin, end, table, ds, dz);
       });
-  // Per-channel layouts with a size-1 channel dimension reduce into one sum; spread it.
-  std::vector<double> ds(scale.numel()), dz(scale.numel());
-  for (int64_t c = 0; c < scale.numel(); ++c) {
-    ds[c] = sums[layout.channels == 1 ? 0 : c];
-    dz[c] = sums[layout.channels + (layout.channels == 1 ? 0 : c)];
-  }
-  Tensor dscale = channel_sums_to_tensor(ds.data(), grad_factor, scale);
-  Tensor dzero = channel_sums_to_tensor(
-      dz.data(), grad_factor, at::isFloatingType(zero_point.scalar_type()) ? zero_point : zero_point.to(at::kFloat));
+  auto [dscale, dzero] = lsq_param_grads(sums, layout, scale, zero_point, grad_factor);
   return {o.dx, dscale, dzero};
+}
+
+// LSQ with QDrop. The mask is a function of the row-major flat index (qdrop_math.h) and the kernels
+// walk memory, so they run on a contiguous x (x itself in the usual case); the result is then laid out
+// like x, as the other fake-quant ops lay theirs out and the fake kernels (empty_like) say.
+Tensor fake_quant_lsq_qdrop_cpu(const Tensor& x, const Tensor& scale, const Tensor& zero_point, int64_t quant_min,
+                                int64_t quant_max, std::optional<int64_t> axis, double grad_factor, double drop_p,
+                                int64_t seed) {
+  constexpr const char* op = "fake_quant_lsq_qdrop";
+  check_fake_quant_args(op, x, scale, zero_point, quant_min, quant_max, axis);
+  TORCH_CHECK_VALUE(std::isfinite(grad_factor), op, ": grad_factor must be finite, got ", grad_factor);
+  const QdropParams qdrop = check_qdrop_args(op, drop_p, seed);
+  const HostParams params = host_params(op, scale, zero_point, quant_min, quant_max, true);
+  const Tensor xc = x.contiguous();
+  Tensor y = empty_output_like(xc);
+  const int64_t numel = xc.numel();
+  const ChannelTable table = make_table(params, quant_min, quant_max, channel_layout(xc, axis), y);
+  const void* x_ptr = xc.const_data_ptr();
+  void* y_ptr = y.mutable_data_ptr();
+  const auto dtype = xc.scalar_type();
+  const auto& k = kernels();
+  const int64_t blocks = (numel + kBlock - 1) / kBlock;
+  at::parallel_for(0, blocks, kParallelGrain / kBlock, [&](int64_t b0, int64_t b1) {
+    k.lsq_qdrop_forward(dtype, x_ptr, y_ptr, b0 * kBlock, std::min(b1 * kBlock, numel), table, qdrop);
+  });
+  return in_layout_of(y, x);
+}
+
+std::tuple<Tensor, Tensor, Tensor> fake_quant_lsq_qdrop_backward_cpu(const Tensor& grad, const Tensor& x,
+                                                                     const Tensor& scale, const Tensor& zero_point,
+                                                                     int64_t quant_min, int64_t quant_max,
+                                                                     std::optional<int64_t> axis, double grad_factor,
+                                                                     double drop_p, int64_t seed) {
+  constexpr const char* op = "fake_quant_lsq_qdrop";
+  check_fake_quant_args(op, x, scale, zero_point, quant_min, quant_max, axis);
+  check_grad(op, grad, x);
+  TORCH_CHECK_VALUE(std::isfinite(grad_factor), op, ": grad_factor must be finite, got ", grad_factor);
+  const QdropParams qdrop = check_qdrop_args(op, drop_p, seed);
+  const HostParams params = host_params(op, scale, zero_point, quant_min, quant_max, true);
+  const Tensor xc = x.contiguous();
+  const Tensor gc = grad.contiguous();
+  Tensor dx = empty_output_like(xc);
+  const ChannelLayout layout = channel_layout(xc, axis);
+  const ChannelTable table = make_table(params, quant_min, quant_max, layout, dx);
+  const auto& k = kernels();
+  const std::vector<double> sums =
+      reduce_blocks(xc.numel(), layout.channels, 2, [&](int64_t begin, int64_t end, double* ds, double* dz) {
+        k.lsq_qdrop_backward(xc.scalar_type(), xc.const_data_ptr(), gc.const_data_ptr(), dx.mutable_data_ptr(),
+                             begin, end, table, qdrop, ds, dz);
+      });
+  auto [dscale, dzero] = lsq_param_grads(sums, layout, scale, zero_point, grad_factor);
+  return {in_layout_of(dx, x), dscale, dzero};
 }
 
 // PACT constants: for the forward, scale = alpha / n; for the backward, alpha itself.
@@ -244,6 +305,8 @@ TORCH_LIBRARY_IMPL(pyquant, CPU, m) {
   m.impl("fake_quant_mask_backward", &fake_quant_mask_backward_cpu);
   m.impl("fake_quant_lsq", &fake_quant_lsq_cpu);
   m.impl("fake_quant_lsq_backward", &fake_quant_lsq_backward_cpu);
+  m.impl("fake_quant_lsq_qdrop", &fake_quant_lsq_qdrop_cpu);
+  m.impl("fake_quant_lsq_qdrop_backward", &fake_quant_lsq_qdrop_backward_cpu);
   m.impl("fake_quant_pact", &fake_quant_pact_cpu);
   m.impl("fake_quant_pact_backward", &fake_quant_pact_backward_cpu);
 }

@@ -37,13 +37,20 @@ inline int64_t channel_at(const ChannelTable& t, int64_t pos) {
   return t.channels == 1 ? 0 : (pos / t.inner) % t.channels;
 }
 
-template <typename scalar_t, ZeroPointMode kMode, bool kWithMask>
+// kQdrop: LSQ with QDrop (integer mode, no mask); `qdrop` is read only then.
+template <typename scalar_t, ZeroPointMode kMode, bool kWithMask, bool kQdrop = false>
 void forward_typed(const scalar_t* x, scalar_t* y, uint64_t* mask, int64_t begin, int64_t end,
-                   const ChannelTable& t) {
+                   const ChannelTable& t, const QdropParams* qdrop = nullptr) {
+  static_assert(!kQdrop || (kMode == ZeroPointMode::kInteger && !kWithMask), "QDrop runs LSQ's forward only");
   uint64_t word = 0;
+  QdropCursor cursor(kQdrop ? *qdrop : QdropParams{});
   for (int64_t i = begin; i < end; ++i) {
     bool in_range = false;
-    y[i] = static_cast<scalar_t>(fake_quant_value<kMode>(static_cast<float>(x[i]), params_at(t, i), &in_range));
+    if constexpr (kQdrop) {
+      y[i] = static_cast<scalar_t>(lsq_qdrop_value(static_cast<float>(x[i]), params_at(t, i), cursor.keeps_fp(i)));
+    } else {
+      y[i] = static_cast<scalar_t>(fake_quant_value<kMode>(static_cast<float>(x[i]), params_at(t, i), &in_range));
+    }
     if constexpr (kWithMask) {
       word |= static_cast<uint64_t>(in_range) << (i & 63);
       if ((i & 63) == 63 || i + 1 == end) {
@@ -62,16 +69,27 @@ void mask_backward_typed(const scalar_t* grad, const uint64_t* mask, scalar_t* d
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, bool kQdrop = false>
 void lsq_backward_typed(const scalar_t* x, const scalar_t* grad, scalar_t* dx, int64_t begin, int64_t end,
-                        const ChannelTable& t, double* dscale, double* dzero_point) {
+                        const ChannelTable& t, double* dscale, double* dzero_point,
+                        const QdropParams* qdrop = nullptr) {
+  QdropCursor cursor(kQdrop ? *qdrop : QdropParams{});
   for (int64_t i = begin; i < end; ++i) {
     const float g = static_cast<float>(grad[i]);
-    const LsqTerms terms = lsq_terms(static_cast<float>(x[i]), params_at(t, i));
-    dx[i] = static_cast<scalar_t>(terms.in_range ? g : 0.0f);
     const int64_t c = channel_at(t, i);
-    dscale[c] += g * terms.dscale;
-    dzero_point[c] += g * terms.dzero_point;
+    if constexpr (kQdrop) {
+      const LsqQdropGrad r = lsq_qdrop_grad(static_cast<float>(x[i]), g, params_at(t, i), cursor.keeps_fp(i));
+      dx[i] = static_cast<scalar_t>(r.dx);
+      if (r.contributes) {
+        dscale[c] += r.dscale;
+        dzero_point[c] += r.dzero_point;
+      }
+    } else {
+      const LsqTerms terms = lsq_terms(static_cast<float>(x[i]), params_at(t, i));
+      dx[i] = static_cast<scalar_t>(terms.in_range ? g : 0.0f);
+      dscale[c] += g * terms.dscale;
+      dzero_point[c] += g * terms.dzero_point;
+    }
   }
 }
 
@@ -154,6 +172,71 @@ inline uint32_t equal_bits(const Vec& a, const Vec& b) {
   return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_cmp_ps(a, b, _CMP_EQ_OQ)));
 #endif
 }
+
+// QDrop's hash (pyquant/qdrop_math.h) on kLanes consecutive indices at once: 32-bit multiply, xor and
+// logical shift on the integer side of the vector unit.
+#if defined(CPU_CAPABILITY_AVX512)
+using IVec = __m512i;
+inline IVec iv_set1(uint32_t v) { return _mm512_set1_epi32(static_cast<int>(v)); }
+inline IVec iv_iota() { return _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15); }
+inline IVec iv_add(IVec a, IVec b) { return _mm512_add_epi32(a, b); }
+inline IVec iv_xor(IVec a, IVec b) { return _mm512_xor_si512(a, b); }
+inline IVec iv_mul(IVec a, IVec b) { return _mm512_mullo_epi32(a, b); }
+template <int kShift>
+inline IVec iv_srl(IVec a) { return _mm512_srli_epi32(a, kShift); }
+// All-ones float lanes where a < b (signed; both operands here are below 2^31).
+inline Vec iv_less(IVec a, IVec b) { return _mm512_castsi512_ps(_mm512_movm_epi32(_mm512_cmplt_epi32_mask(a, b))); }
+#else
+using IVec = __m256i;
+inline IVec iv_set1(uint32_t v) { return _mm256_set1_epi32(static_cast<int>(v)); }
+inline IVec iv_iota() { return _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7); }
+inline IVec iv_add(IVec a, IVec b) { return _mm256_add_epi32(a, b); }
+inline IVec iv_xor(IVec a, IVec b) { return _mm256_xor_si256(a, b); }
+inline IVec iv_mul(IVec a, IVec b) { return _mm256_mullo_epi32(a, b); }
+template <int kShift>
+inline IVec iv_srl(IVec a) { return _mm256_srli_epi32(a, kShift); }
+inline Vec iv_less(IVec a, IVec b) { return _mm256_castsi256_ps(_mm256_cmpgt_epi32(b, a)); }
+#endif
+static_assert(sizeof(IVec) / sizeof(int32_t) == kLanes, "one integer lane per float lane");
+
+// qdrop_mix, lane by lane.
+inline IVec iv_mix(IVec x) {
+  x = iv_xor(x, iv_srl<16>(x));
+  x = iv_mul(x, iv_set1(kQdropMul1));
+  x = iv_xor(x, iv_srl<13>(x));
+  x = iv_mul(x, iv_set1(kQdropMul2));
+  return iv_xor(x, iv_srl<16>(x));
+}
+
+// The FP32 lanes of QDrop: all-ones float lanes where the element at that absolute position passes
+// through (qdrop_keeps_fp), for vectors at increasing positions.
+class QdropLanes {
+ public:
+  explicit QdropLanes(const QdropParams& p) : cursor_(p), iota_(iv_iota()) {}
+
+  // Lanes [0, n) of positions [pos, pos + n); lanes past n are unspecified.
+  Vec at(int64_t pos, int64_t n) {
+    const uint64_t first = static_cast<uint64_t>(pos);
+    const uint64_t last = first + static_cast<uint64_t>(n) - 1;
+    if ((first >> 32) != (last >> 32)) return straddling(pos, n);
+    const QdropKey& k = cursor_.key_for(pos);
+    const IVec index = iv_add(iv_set1(static_cast<uint32_t>(first)), iota_);
+    const IVec bits = iv_mix(iv_xor(iv_mix(iv_xor(index, iv_set1(k.a))), iv_set1(k.b)));
+    return iv_less(iv_srl<kQdropBitsShift>(bits), iv_set1(k.threshold));
+  }
+
+ private:
+  // A vector across a multiple of 2^32 (the low index would wrap inside it): lane by lane.
+  Vec straddling(int64_t pos, int64_t n) {
+    uint32_t bits = 0;
+    for (int64_t k = 0; k < n; ++k) bits |= static_cast<uint32_t>(cursor_.keeps_fp(pos + k)) << k;
+    const Vec all_ones = Vec(0.0f) == Vec(0.0f);
+    return keep_lanes(bits, all_ones);
+  }
+
+  QdropCursor cursor_;
+  IVec iota_;
+};
 
 // Packs mask bits into 64-bit words in increasing position order. Ranges start on a word boundary,
 // so a word is complete once the writer moves past it.
@@ -280,12 +363,15 @@ inline void staged_binary(const scalar_t* a, const scalar_t* b, scalar_t* out, i
   }
 }
 
-template <typename scalar_t, ZeroPointMode kMode, bool kWithMask>
+// kQdrop: LSQ with QDrop (integer mode, no mask); `qdrop` is read only then.
+template <typename scalar_t, ZeroPointMode kMode, bool kWithMask, bool kQdrop = false>
 void forward_typed(const scalar_t* x, scalar_t* y, uint64_t* mask, int64_t begin, int64_t end,
-                   const ChannelTable& t) {
+                   const ChannelTable& t, const QdropParams* qdrop = nullptr) {
+  static_assert(!kQdrop || (kMode == ZeroPointMode::kInteger && !kWithMask), "QDrop runs LSQ's forward only");
   // Streaming applies to float outputs; reduced types go through a staging buffer.
   const bool stream = t.stream_stores && std::is_same_v<scalar_t, float>;
   MaskWriter writer(mask);
+  QdropLanes fp_lanes(kQdrop ? *qdrop : QdropParams{});
   staged_unary(x, y, begin, end, [&](const float* xf, float* yf, int64_t pos0, int64_t n_total) {
     for_each_vector(t, pos0, n_total, [&](int64_t i, int64_t n, const VecParams& p) {
       const Vec xv = n == kLanes ? Vec::loadu(xf + i) : Vec::loadu(xf + i, n);
@@ -304,6 +390,7 @@ void forward_typed(const scalar_t* x, scalar_t* y, uint64_t* mask, int64_t begin
       } else {
         yv = dequant_float_zero_point(qc, p);
       }
+      if constexpr (kQdrop) yv = Vec::blendv(yv, xv, fp_lanes.at(pos0 + i, n));
       store_lanes(yf + i, yv, n, stream);
       if constexpr (kWithMask) {
         // In range <=> clamping left the level unchanged (NaN compares unequal: out of range).
@@ -364,7 +451,7 @@ void reduce_backward_typed(const scalar_t* x, const scalar_t* grad, scalar_t* dx
       const Vec xv = Vec::loadu(xf + i, n);
       const Vec gv = Vec::loadu(gf + i, n);
       Vec dxv, g0, g1;
-      terms(xv, gv, p, dxv, g0, g1);
+      terms(xv, gv, p, pos0 + i, n, dxv, g0, g1);
       // Lanes past n hold x = 0, grad = 0, so their terms are 0 * finite = 0 unless params are 0/NaN:
       // mask them explicitly.
       const uint32_t live = low_bits(n);
@@ -396,11 +483,14 @@ void reduce_backward_typed(const scalar_t* x, const scalar_t* grad, scalar_t* dx
   finish_streaming(stream);
 }
 
-template <typename scalar_t>
+template <typename scalar_t, bool kQdrop = false>
 void lsq_backward_typed(const scalar_t* x, const scalar_t* grad, scalar_t* dx, int64_t begin, int64_t end,
-                        const ChannelTable& t, double* dscale, double* dzero_point) {
+                        const ChannelTable& t, double* dscale, double* dzero_point,
+                        const QdropParams* qdrop = nullptr) {
+  QdropLanes fp_lanes(kQdrop ? *qdrop : QdropParams{});
   reduce_backward_typed(x, grad, dx, begin, end, t, dscale, dzero_point,
-                        [](const Vec& xv, const Vec& gv, const VecParams& p, Vec& dxv, Vec& ds, Vec& dz) {
+                        [&fp_lanes](const Vec& xv, const Vec& gv, const VecParams& p, int64_t pos, int64_t n, Vec& dxv,
+                                    Vec& ds, Vec& dz) {
     // quant_math.h: lsq_terms, vectorized.
     const Vec q = (xv * p.inv_scale).round() + p.zero_point;
     const Vec below = q < p.qmin;
@@ -414,6 +504,13 @@ void lsq_backward_typed(const scalar_t* x, const scalar_t* grad, scalar_t* dx, i
     dxv = keep_lanes(lane_bits(inside), gv);
     ds = gv * s_term;
     dz = gv * z_term;
+    if constexpr (kQdrop) {
+      // qdrop_math.h lsq_qdrop_grad: kept lanes pass grad and add exactly 0 (a blend, not grad * 0).
+      const Vec fp = fp_lanes.at(pos, n);
+      dxv = Vec::blendv(dxv, gv, fp);
+      ds = Vec::blendv(ds, Vec(0.0f), fp);
+      dz = Vec::blendv(dz, Vec(0.0f), fp);
+    }
   });
 }
 
@@ -421,7 +518,8 @@ template <typename scalar_t>
 void pact_backward_typed(const scalar_t* x, const scalar_t* grad, scalar_t* dx, int64_t begin, int64_t end,
                          const ChannelTable& t, double* dalpha) {
   reduce_backward_typed(x, grad, dx, begin, end, t, dalpha, nullptr,
-                        [](const Vec& xv, const Vec& gv, const VecParams& p, Vec& dxv, Vec& da, Vec& unused) {
+                        [](const Vec& xv, const Vec& gv, const VecParams& p, int64_t /*pos*/, int64_t /*n*/, Vec& dxv,
+                           Vec& da, Vec& unused) {
     // quant_math.h: pact_passes_x / pact_clipped_high; p.scale holds alpha.
     const Vec alpha = p.scale;
     const Vec pass = (xv >= Vec(0.0f)) & (xv < alpha);
@@ -486,6 +584,23 @@ void lsq_backward(c10::ScalarType dtype, const void* x, const void* grad, void* 
   });
 }
 
+void lsq_qdrop_forward(c10::ScalarType dtype, const void* x, void* y, int64_t begin, int64_t end,
+                       const ChannelTable& t, const QdropParams& qdrop) {
+  PYQ_DISPATCH_FLOAT_TYPES(dtype, [&] {
+    forward_typed<scalar_t, ZeroPointMode::kInteger, false, true>(static_cast<const scalar_t*>(x),
+                                                                  static_cast<scalar_t*>(y), nullptr, begin, end, t,
+                                                                  &qdrop);
+  });
+}
+
+void lsq_qdrop_backward(c10::ScalarType dtype, const void* x, const void* grad, void* dx, int64_t begin, int64_t end,
+                        const ChannelTable& t, const QdropParams& qdrop, double* dscale, double* dzero_point) {
+  PYQ_DISPATCH_FLOAT_TYPES(dtype, [&] {
+    lsq_backward_typed<scalar_t, true>(static_cast<const scalar_t*>(x), static_cast<const scalar_t*>(grad),
+                                       static_cast<scalar_t*>(dx), begin, end, t, dscale, dzero_point, &qdrop);
+  });
+}
+
 void pact_backward(c10::ScalarType dtype, const void* x, const void* grad, void* dx, int64_t begin, int64_t end,
                    const ChannelTable& t, double* dalpha) {
   PYQ_DISPATCH_FLOAT_TYPES(dtype, [&] {
@@ -494,7 +609,8 @@ void pact_backward(c10::ScalarType dtype, const void* x, const void* grad, void*
   });
 }
 
-const FakeQuantKernels kKernels{&forward, &mask_backward, &lsq_backward, &pact_backward};
+const FakeQuantKernels kKernels{&forward,           &mask_backward,      &lsq_backward,
+                                 &lsq_qdrop_forward, &lsq_qdrop_backward, &pact_backward};
 
 }  // namespace
 

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "cpu/isa.h"
+#include "pyquant/qdrop_math.h"
 #include "pyquant/quant_math.h"
 
 namespace pyquant::cpu {
@@ -37,6 +38,14 @@ struct FakeQuantKernels {
   // LSQ: dx, and per-channel sums of grad * lsq_terms (added into dscale[c], dzero_point[c]).
   void (*lsq_backward)(c10::ScalarType dtype, const void* x, const void* grad, void* dx, int64_t begin,
                        int64_t end, const ChannelTable& table, double* dscale, double* dzero_point);
+  // LSQ with QDrop (pyquant/qdrop_math.h): positions are the mask's flat indices, so x, y, grad and dx
+  // are contiguous. Forward: y = x where the mask keeps FP32, else LSQ's fake_quant (integer-mode
+  // zero-point). Backward: as lsq_backward, with dx = grad and no parameter terms where kept.
+  void (*lsq_qdrop_forward)(c10::ScalarType dtype, const void* x, void* y, int64_t begin, int64_t end,
+                            const ChannelTable& table, const QdropParams& qdrop);
+  void (*lsq_qdrop_backward)(c10::ScalarType dtype, const void* x, const void* grad, void* dx, int64_t begin,
+                             int64_t end, const ChannelTable& table, const QdropParams& qdrop, double* dscale,
+                             double* dzero_point);
   // PACT: dx, and per-channel sums of grad where x >= alpha (added into dalpha[c]).
   // table.scale holds alpha per channel.
   void (*pact_backward)(c10::ScalarType dtype, const void* x, const void* grad, void* dx, int64_t begin,

@@ -11,9 +11,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cmath>
 #include <cstdint>
 
 #include "../fake_quant.h"
+#include "pyquant/qdrop_math.h"
 #include "pyquant/quant_math.h"
 
 namespace pyquant::ops {
@@ -90,9 +92,12 @@ __device__ __forceinline__ void store_lane(T* p, int64_t base, int64_t n, bool v
 
 // Grid-stride over groups of kGroup elements; a warp handles one group per iteration so the mask
 // bits of a group can be gathered with shuffles (8 lanes x 4 bits = one 32-bit word).
-template <typename T, ParamKind kKind, bool kMask>
+// kQdrop (LSQ only, x contiguous: position = the mask's flat index): QDrop, pyquant/qdrop_math.h.
+template <typename T, ParamKind kKind, bool kMask, bool kQdrop = false>
 __global__ void forward_kernel(const T* __restrict__ x, T* __restrict__ y, uint32_t* __restrict__ mask, int64_t n,
-                               DeviceParams d, bool vector_ok) {
+                               DeviceParams d, bool vector_ok, QdropParams qdrop = QdropParams{}) {
+  static_assert(!kQdrop || (kKind == ParamKind::kLsq && !kMask), "QDrop runs LSQ's forward only");
+  QdropCursor cursor(qdrop);
   const int lane = threadIdx.x & 31;
   const int64_t warp = (static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5;
   const int64_t warps = (static_cast<int64_t>(gridDim.x) * blockDim.x) >> 5;
@@ -109,8 +114,12 @@ __global__ void forward_kernel(const T* __restrict__ x, T* __restrict__ y, uint3
       bool in_range = false;
       if (pos < n) {
         const AffineParams p = load_params<kKind>(d, pos);
-        yv[k] = kKind == ParamKind::kAffineFloat ? fake_quant_value<ZeroPointMode::kFloat>(xv[k], p, &in_range)
-                                                 : fake_quant_value<ZeroPointMode::kInteger>(xv[k], p, &in_range);
+        if (kQdrop) {
+          yv[k] = lsq_qdrop_value(xv[k], p, cursor.keeps_fp(pos));
+        } else {
+          yv[k] = kKind == ParamKind::kAffineFloat ? fake_quant_value<ZeroPointMode::kFloat>(xv[k], p, &in_range)
+                                                   : fake_quant_value<ZeroPointMode::kInteger>(xv[k], p, &in_range);
+        }
       } else {
         yv[k] = 0.0f;
       }
@@ -145,9 +154,13 @@ __global__ void mask_backward_kernel(const T* __restrict__ grad, const uint32_t*
 
 // LSQ (kSums = 2: d scale, d zero-point) or PACT (kSums = 1: d alpha) backward: dx elementwise and
 // per-channel sums in shared memory, flushed with global atomics (float; order not deterministic).
-template <typename T, ParamKind kKind, int kSums>
+// kQdrop (LSQ, contiguous x): elements QDrop keeps in FP32 pass grad and skip the atomics.
+template <typename T, ParamKind kKind, int kSums, bool kQdrop = false>
 __global__ void reduce_backward_kernel(const T* __restrict__ x, const T* __restrict__ grad, T* __restrict__ dx,
-                                       int64_t n, DeviceParams d, float* __restrict__ sums) {
+                                       int64_t n, DeviceParams d, float* __restrict__ sums,
+                                       QdropParams qdrop = QdropParams{}) {
+  static_assert(!kQdrop || kKind == ParamKind::kLsq, "QDrop runs LSQ's backward only");
+  QdropCursor cursor(qdrop);
   __shared__ float shared[kSums * kSharedChannels];
   const bool use_shared = d.channels <= kSharedChannels;
   if (use_shared) {
@@ -160,7 +173,13 @@ __global__ void reduce_backward_kernel(const T* __restrict__ x, const T* __restr
     const float gv = static_cast<float>(grad[i]);
     const int64_t c = d.channels == 1 ? 0 : (i / d.inner) % d.channels;
     float s0, s1 = 0.0f;
-    if (kKind == ParamKind::kPact) {
+    if (kQdrop) {
+      const LsqQdropGrad r = lsq_qdrop_grad(xv, gv, load_params<ParamKind::kLsq>(d, i), cursor.keeps_fp(i));
+      dx[i] = static_cast<T>(r.dx);
+      if (!r.contributes) continue;
+      s0 = r.dscale;
+      s1 = r.dzero_point;
+    } else if (kKind == ParamKind::kPact) {
       const float alpha = d.param[c];
       dx[i] = static_cast<T>(pact_passes_x(xv, alpha) ? gv : 0.0f);
       s0 = pact_clipped_high(xv, alpha) ? gv : 0.0f;
@@ -211,15 +230,19 @@ Tensor as_float_vector(const Tensor& t) {
   return t.detach().to(at::kFloat).contiguous().view(-1);
 }
 
-template <ParamKind kKind>
-void launch_forward(const Tensor& xd, Tensor& y, uint32_t* mask, const DeviceParams& d) {
+template <ParamKind kKind, bool kQdrop = false>
+void launch_forward(const Tensor& xd, Tensor& y, uint32_t* mask, const DeviceParams& d,
+                    const QdropParams& qdrop = QdropParams{}) {
   const int64_t n = xd.numel();
   if (n == 0) return;
   const bool vector_ok = aligned_for_vectors(xd) && aligned_for_vectors(y);
   const int grid = grid_for((n + kPerLane - 1) / kPerLane);
   auto stream = at::cuda::getCurrentCUDAStream();
   PYQ_CUDA_DISPATCH(xd.scalar_type(), [&] {
-    if (mask != nullptr) {
+    if constexpr (kQdrop) {
+      forward_kernel<scalar_t, kKind, false, true><<<grid, kThreads, 0, stream>>>(
+          xd.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), nullptr, n, d, vector_ok, qdrop);
+    } else if (mask != nullptr) {
       forward_kernel<scalar_t, kKind, true><<<grid, kThreads, 0, stream>>>(
           xd.const_data_ptr<scalar_t>(), y.mutable_data_ptr<scalar_t>(), mask, n, d, vector_ok);
     } else {
@@ -305,16 +328,17 @@ Tensor fake_quant_lsq_cuda(const Tensor& x, const Tensor& scale, const Tensor& z
   return y;
 }
 
-template <ParamKind kKind, int kSums>
-Tensor launch_reduce_backward(const Tensor& xd, const Tensor& gd, Tensor& dx, const DeviceParams& d) {
+template <ParamKind kKind, int kSums, bool kQdrop = false>
+Tensor launch_reduce_backward(const Tensor& xd, const Tensor& gd, Tensor& dx, const DeviceParams& d,
+                              const QdropParams& qdrop = QdropParams{}) {
   Tensor sums = at::zeros({kSums * d.channels}, xd.options().dtype(at::kFloat));
   const int64_t n = xd.numel();
   if (n == 0) return sums;
   auto stream = at::cuda::getCurrentCUDAStream();
   PYQ_CUDA_DISPATCH(xd.scalar_type(), [&] {
-    reduce_backward_kernel<scalar_t, kKind, kSums><<<grid_for(n), kThreads, 0, stream>>>(
+    reduce_backward_kernel<scalar_t, kKind, kSums, kQdrop><<<grid_for(n), kThreads, 0, stream>>>(
         xd.const_data_ptr<scalar_t>(), gd.const_data_ptr<scalar_t>(), dx.mutable_data_ptr<scalar_t>(), n, d,
-        sums.mutable_data_ptr<float>());
+        sums.mutable_data_ptr<float>(), qdrop);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return sums;
@@ -342,6 +366,49 @@ std::tuple<Tensor, Tensor, Tensor> fake_quant_lsq_backward_cuda(const Tensor& gr
       launch_reduce_backward<ParamKind::kLsq, 2>(o.x, o.grad, o.dx, device_params(s, z, quant_min, quant_max, layout));
   const Tensor zp_like = at::isFloatingType(zero_point.scalar_type()) ? zero_point : zero_point.to(at::kFloat);
   return {o.dx, sums_like(sums, 0, layout.channels, scale, grad_factor),
+          sums_like(sums, layout.channels, layout.channels, zp_like, grad_factor)};
+}
+
+// LSQ with QDrop: the mask lives on the row-major flat index, so the kernels run on a contiguous x and
+// the result is laid out like x afterwards (as on the CPU; the fake kernels use empty_like).
+Tensor fake_quant_lsq_qdrop_cuda(const Tensor& x, const Tensor& scale, const Tensor& zero_point, int64_t quant_min,
+                                 int64_t quant_max, std::optional<int64_t> axis, double grad_factor, double drop_p,
+                                 int64_t seed) {
+  constexpr const char* op = "fake_quant_lsq_qdrop";
+  check_fake_quant_args(op, x, scale, zero_point, quant_min, quant_max, axis);
+  TORCH_CHECK_VALUE(std::isfinite(grad_factor), op, ": grad_factor must be finite, got ", grad_factor);
+  const QdropParams qdrop = check_qdrop_args(op, drop_p, seed);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Tensor xc = x.contiguous();
+  Tensor y = at::empty_like(xc);
+  const Tensor s = as_float_vector(scale);
+  const Tensor z = as_float_vector(zero_point);
+  launch_forward<ParamKind::kLsq, true>(xc, y, nullptr,
+                                        device_params(s, z, quant_min, quant_max, channel_layout(xc, axis)), qdrop);
+  return in_layout_of(y, x);
+}
+
+std::tuple<Tensor, Tensor, Tensor> fake_quant_lsq_qdrop_backward_cuda(const Tensor& grad, const Tensor& x,
+                                                                      const Tensor& scale, const Tensor& zero_point,
+                                                                      int64_t quant_min, int64_t quant_max,
+                                                                      std::optional<int64_t> axis, double grad_factor,
+                                                                      double drop_p, int64_t seed) {
+  constexpr const char* op = "fake_quant_lsq_qdrop";
+  check_fake_quant_args(op, x, scale, zero_point, quant_min, quant_max, axis);
+  check_grad(op, grad, x);
+  TORCH_CHECK_VALUE(std::isfinite(grad_factor), op, ": grad_factor must be finite, got ", grad_factor);
+  const QdropParams qdrop = check_qdrop_args(op, drop_p, seed);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Tensor xc = x.contiguous();
+  const Tensor gc = grad.contiguous();
+  Tensor dx = at::empty_like(xc);
+  const Tensor s = as_float_vector(scale);
+  const Tensor z = as_float_vector(zero_point);
+  const ChannelLayout layout = channel_layout(xc, axis);
+  const Tensor sums = launch_reduce_backward<ParamKind::kLsq, 2, true>(
+      xc, gc, dx, device_params(s, z, quant_min, quant_max, layout), qdrop);
+  const Tensor zp_like = at::isFloatingType(zero_point.scalar_type()) ? zero_point : zero_point.to(at::kFloat);
+  return {in_layout_of(dx, x), sums_like(sums, 0, layout.channels, scale, grad_factor),
           sums_like(sums, layout.channels, layout.channels, zp_like, grad_factor)};
 }
 
@@ -375,6 +442,8 @@ TORCH_LIBRARY_IMPL(pyquant, CUDA, m) {
   m.impl("fake_quant_mask_backward", &fake_quant_mask_backward_cuda);
   m.impl("fake_quant_lsq", &fake_quant_lsq_cuda);
   m.impl("fake_quant_lsq_backward", &fake_quant_lsq_backward_cuda);
+  m.impl("fake_quant_lsq_qdrop", &fake_quant_lsq_qdrop_cuda);
+  m.impl("fake_quant_lsq_qdrop_backward", &fake_quant_lsq_qdrop_backward_cuda);
   m.impl("fake_quant_pact", &fake_quant_pact_cuda);
   m.impl("fake_quant_pact_backward", &fake_quant_pact_backward_cuda);
 }
