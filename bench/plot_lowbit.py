@@ -15,7 +15,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-LABELS = {"best_stop17_calibration": "calibration only (best, stop 17)",
+# best_calibration: best with reconstruct=None on the same data (quantize_table.py --calibration-only)
+LABELS = {"best_calibration": "calibration only (best, reconstruct=None)",
           "best": "+ block reconstruction (best)"}
 
 

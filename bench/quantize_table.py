@@ -135,6 +135,9 @@ def main(argv=None):
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--first-last-bits", type=int, default=None,
                    help="bits of the first and last layer (default: all layers at the table's bits)")
+    p.add_argument("--calibration-only", action="store_true",
+                   help="run each recipe with reconstruct=None (same data), stored as '<recipe>_calibration': the "
+                        "baseline its reconstruction is measured against")
     p.add_argument("--out", default="bench/results/quantize_table.json")
     p.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "pyquant_quantize_table"))
     p.add_argument("--threads", type=int, default=1)
@@ -162,7 +165,8 @@ def main(argv=None):
     jobs = [(m, s, r, c) for m in args.models for s in args.seeds for r in recipes for c in args.configs]
     bar = tqdm(jobs, desc="quantize table")
     for model_name, seed, recipe, config in bar:
-        key = f"{model_name}|{recipe}|{config}|{convention}|seed{seed}"
+        label = f"{recipe}_calibration" if args.calibration_only else recipe
+        key = f"{model_name}|{label}|{config}|{convention}|seed{seed}"
         if key in results["runs"]:
             continue
         model = resnet_cifar(int(model_name[6:]), checkpoint=os.path.join(data_dir, CHECKPOINTS[model_name]))
@@ -179,7 +183,8 @@ def main(argv=None):
         bar.set_postfix_str(key)
         t0 = time.perf_counter()
         q = pyquant.quantize(model, recipe, w_bits=w, a_bits=a, input_shape=(3, 32, 32), seed=seed, data=data,
-                             holdout=holdout, progress=False, first_last_bits=args.first_last_bits)
+                             holdout=holdout, progress=False, first_last_bits=args.first_last_bits,
+                             **({"reconstruct": None} if args.calibration_only else {}))
         quantize_s = time.perf_counter() - t0
         top1 = evaluate_top1(q, images, labels)
         results["runs"][key] = {"top1": top1, "distill_s": distill_s, "quantize_s": quantize_s}

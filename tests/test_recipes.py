@@ -196,6 +196,48 @@ def test_mixed_precision_allocation_respects_the_budget():
     assert total <= 5.0 * sum(m.weight.numel() for m in layers.values())
 
 
+def test_selecting_recipe_selects_among_calibrations_then_reconstructs_the_chosen_once(monkeypatch):
+    import pyquant.finetune as finetune
+    import pyquant.selection
+    from pyquant.recipes import BEST_RECONSTRUCTION
+
+    model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
+    data, holdout = torch.randn(16, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    rec = dict(BEST_RECONSTRUCTION, iterations=2)
+    calls = []
+    real = finetune.reconstruct  # what the pipeline imports when it reconstructs
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(finetune, "reconstruct", counting)
+    real_select, during_selection = pyquant.selection.select, []
+
+    def recording_select(*args, **kwargs):
+        result = real_select(*args, **kwargs)  # builds and judges every candidate
+        during_selection.append(len(calls))
+        return result
+
+    monkeypatch.setattr(pyquant.selection, "select", recording_select)
+    kw = dict(w_bits=4, a_bits=4, input_shape=(3, 16, 16), data=data, progress=False)
+    q = pyquant.quantize(model, "best", holdout=holdout, select_among=("dfq", "squant"), reconstruct=rec, **kw)
+    # the candidates were judged as calibrations (no reconstruction while selecting); then the chosen one, once
+    assert during_selection == [0] and len(calls) == 1
+    chosen = q.selection.chosen
+    assert len(q.selection.candidates) == 3 and q.quant_report.recipe == f"best -> {chosen} + reconstruct"
+    assert "reconstruct" in [s["step"] for s in q.quant_report.steps]
+    # the selection is the calibration-only selection, and the model is the chosen pipeline plus reconstruction
+    calibrated = pyquant.quantize(model, "best", holdout=holdout, select_among=("dfq", "squant"), reconstruct=None,
+                                  **kw)
+    assert calibrated.selection.chosen == chosen and len(calls) == 1 and during_selection == [0, 1]
+    base = "best" if chosen == "best" else pyquant.RECIPES[chosen]
+    direct = pyquant.quantize(model, base, select_among=(), reconstruct=rec, reconstruct_below_bits=None, **kw)
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), direct(x), rtol=0, atol=0)
+
+
 def test_best_reconstructs_below_5_bit_only():
     from pyquant.recipes import BEST_RECONSTRUCTION
 
