@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 # best_calibration: best with reconstruct=None on the same data (quantize_table.py --calibration-only)
 LABELS = {"best_calibration": "calibration only (best, reconstruct=None)",
-          "best": "+ block reconstruction (best)"}
+          "best": "+ block reconstruction (best: below 4 bit)",
+          "best_rb5": "+ block reconstruction at W4A8/W4A4 (reconstruct_below_bits=5, opt-in)"}
 
 
 def cells(results):

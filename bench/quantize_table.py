@@ -138,6 +138,9 @@ def main(argv=None):
     p.add_argument("--calibration-only", action="store_true",
                    help="run each recipe with reconstruct=None (same data), stored as '<recipe>_calibration': the "
                         "baseline its reconstruction is measured against")
+    p.add_argument("--reconstruct-below-bits", type=int, default=None,
+                   help="run each recipe with this reconstruct_below_bits (its reconstruction at more widths), stored "
+                        "as '<recipe>_rb<N>'")
     p.add_argument("--out", default="bench/results/quantize_table.json")
     p.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "pyquant_quantize_table"))
     p.add_argument("--threads", type=int, default=1)
@@ -165,7 +168,10 @@ def main(argv=None):
     jobs = [(m, s, r, c) for m in args.models for s in args.seeds for r in recipes for c in args.configs]
     bar = tqdm(jobs, desc="quantize table")
     for model_name, seed, recipe, config in bar:
-        label = f"{recipe}_calibration" if args.calibration_only else recipe
+        label = (f"{recipe}_calibration" if args.calibration_only else
+                 f"{recipe}_rb{args.reconstruct_below_bits}" if args.reconstruct_below_bits is not None else recipe)
+        changes = {"reconstruct": None} if args.calibration_only else (
+            {"reconstruct_below_bits": args.reconstruct_below_bits} if args.reconstruct_below_bits is not None else {})
         key = f"{model_name}|{label}|{config}|{convention}|seed{seed}"
         if key in results["runs"]:
             continue
@@ -184,7 +190,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         q = pyquant.quantize(model, recipe, w_bits=w, a_bits=a, input_shape=(3, 32, 32), seed=seed, data=data,
                              holdout=holdout, progress=False, first_last_bits=args.first_last_bits,
-                             **({"reconstruct": None} if args.calibration_only else {}))
+                             **changes)
         quantize_s = time.perf_counter() - t0
         top1 = evaluate_top1(q, images, labels)
         results["runs"][key] = {"top1": top1, "distill_s": distill_s, "quantize_s": quantize_s}
