@@ -9,6 +9,7 @@ quantize seeds 0-2, top-1 on the 450 held-out real digits. Seconds per run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -26,7 +27,10 @@ from quantize_table import save_json  # noqa: E402
 
 CONFIGS = {"W4A8": (4, 8), "W4A4": (4, 4), "W3A3": (3, 3)}
 # best as it ships (reconstruction below 4 bit), never reconstructing, and reconstructing below 5 bit (opt-in)
-VARIANTS = {"best": {}, "calibration_only": {"reconstruct": None}, "best_rb5": {"reconstruct_below_bits": 5}}
+# and reconstructing at every width without the keep-or-discard check (Recipe.reconstruct_keep_ratio): what the
+# reconstruction itself does to this network
+VARIANTS = {"best": {}, "calibration_only": {"reconstruct": None}, "best_rb5": {"reconstruct_below_bits": 5},
+            "reconstruct_unchecked": {"reconstruct_below_bits": 5, "reconstruct_keep_ratio": None}}
 
 
 def main(argv=None):
@@ -38,11 +42,16 @@ def main(argv=None):
     model = digits_cnn(progress=False)
     x, y = load_digits_split("test")
     data = pyquant.distill.zeroq(model, 256 + 32, INPUT_SHAPE, seed=0, progress=False)
-    results = {"fp32": evaluate_top1(model, x, y), "runs": {}}
+    results = json.load(open(args.out)) if os.path.isfile(args.out) else {}
+    results["fp32"] = evaluate_top1(model, x, y)
+    results.setdefault("runs", {})
     for config, (w, a) in CONFIGS.items():
         for variant, changes in VARIANTS.items():
             accs = []
             for seed in args.seeds:
+                if f"{config}|{variant}|seed{seed}" in results["runs"]:
+                    accs.append(results["runs"][f"{config}|{variant}|seed{seed}"]["top1"])
+                    continue
                 q = pyquant.quantize(model, "best", w_bits=w, a_bits=a, input_shape=INPUT_SHAPE, data=data[:256],
                                      holdout=data[256:], seed=seed, progress=False, **changes)
                 accs.append(evaluate_top1(q, x, y))

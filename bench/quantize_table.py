@@ -196,6 +196,10 @@ def main(argv=None):
         results["runs"][key] = {"top1": top1, "distill_s": distill_s, "quantize_s": quantize_s}
         if getattr(q.quant_report, "selection", None) is not None:
             results["runs"][key]["selected"] = q.quant_report.selection.chosen
+        check = getattr(q.quant_report, "reconstruction", None)
+        if check is not None:  # best's keep-or-discard decision (Recipe.reconstruct_keep_ratio) and its evidence
+            results["runs"][key]["reconstruction"] = {"kept": check.kept, "noise_kl_calibrated": check.calibrated,
+                                                      "noise_kl_reconstructed": check.reconstructed}
         save_json(args.out, results)
         tqdm.write(f"{key}: {top1:.2f} % (data {distill_s:.0f} s + quantize {quantize_s:.1f} s)")
     write_report(args, results)

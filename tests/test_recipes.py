@@ -222,7 +222,7 @@ def test_selecting_recipe_selects_among_calibrations_then_reconstructs_the_chose
     monkeypatch.setattr(pyquant.selection, "select", recording_select)
     kw = dict(w_bits=4, a_bits=4, input_shape=(3, 16, 16), data=data, progress=False)
     q = pyquant.quantize(model, "best", holdout=holdout, select_among=("dfq", "squant"), reconstruct=rec,
-                         reconstruct_below_bits=None, **kw)
+                         reconstruct_below_bits=None, reconstruct_keep_ratio=None, **kw)
     # the candidates were judged as calibrations (no reconstruction while selecting); then the chosen one, once
     assert during_selection == [0] and len(calls) == 1
     chosen = q.selection.chosen
@@ -233,7 +233,8 @@ def test_selecting_recipe_selects_among_calibrations_then_reconstructs_the_chose
                                   **kw)
     assert calibrated.selection.chosen == chosen and len(calls) == 1 and during_selection == [0, 1]
     base = "best" if chosen == "best" else pyquant.RECIPES[chosen]
-    direct = pyquant.quantize(model, base, select_among=(), reconstruct=rec, reconstruct_below_bits=None, **kw)
+    direct = pyquant.quantize(model, base, select_among=(), reconstruct=rec, reconstruct_below_bits=None,
+                              reconstruct_keep_ratio=None, **kw)
     x = torch.randn(4, 3, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(q(x), direct(x), rtol=0, atol=0)
@@ -248,3 +249,77 @@ def test_best_reconstructs_below_4_bit_only():
     for (w, a), runs in (((6, 6), False), ((4, 8), False), ((4, 4), False), ((3, 3), True), ((8, 3), True)):
         q = pyquant.quantize(model, "best", w_bits=w, a_bits=a, **kw)
         assert ("reconstruct" in [s["step"] for s in q.quant_report.steps]) == runs, (w, a)
+
+
+def test_reconstruction_is_kept_only_when_the_noise_divergence_falls_below_the_ratio():
+    from pyquant.recipes import BEST_RECONSTRUCTION
+    from pyquant.selection import noise_divergence
+
+    model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
+    kw = dict(w_bits=3, a_bits=3, input_shape=(3, 16, 16), data=torch.randn(16, 3, 16, 16), progress=False,
+              select_among=(), seed=1)
+    rec = dict(BEST_RECONSTRUCTION, iterations=20)
+    calibrated = pyquant.quantize(model, "best", reconstruct=None, **kw)
+    unchecked = pyquant.quantize(model, "best", reconstruct=rec, reconstruct_keep_ratio=None, **kw)
+    assert unchecked.quant_report.reconstruction is None
+    before = noise_divergence(model, calibrated, (3, 16, 16), seed=1)
+    after = noise_divergence(model, unchecked, (3, 16, 16), seed=1)
+    assert before != after  # the reconstruction changed the network
+    assert after < before  # so the ratios below fall on both sides of the decision
+    x, outcomes = torch.randn(8, 3, 16, 16), set()
+    for ratio in (1e-6, 1.0, after / before * 1.01, after / before * 0.99):
+        q = pyquant.quantize(model, "best", reconstruct=rec, reconstruct_keep_ratio=ratio, **kw)
+        check = q.quant_report.reconstruction
+        assert check.calibrated == pytest.approx(before, rel=1e-12)
+        assert check.reconstructed == pytest.approx(after, rel=1e-12)
+        assert check.kept == (after < ratio * before) and check.threshold == ratio
+        expected = unchecked if check.kept else calibrated  # the discarded reconstruction leaves no trace
+        with torch.no_grad():
+            torch.testing.assert_close(q(x), expected(x), rtol=0, atol=0)
+        assert ("discarded" in str(check)) != check.kept
+        outcomes.add(check.kept)
+    assert outcomes == {True, False}
+    for bad in (0, 1.5, float("nan"), "0.8", True):
+        with pytest.raises(ValueError, match="reconstruct_keep_ratio"):
+            pyquant.Recipe(reconstruct_keep_ratio=bad)
+
+
+def test_selecting_recipe_reports_a_discarded_reconstruction(tmp_path):
+    from pyquant.recipes import BEST_RECONSTRUCTION
+
+    model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
+    data, holdout = torch.randn(16, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    kw = dict(w_bits=3, a_bits=3, input_shape=(3, 16, 16), data=data, holdout=holdout, progress=False,
+              select_among=("dfq",))
+    q = pyquant.quantize(model, "best", reconstruct=dict(BEST_RECONSTRUCTION, iterations=2),
+                         reconstruct_keep_ratio=1e-6, **kw)
+    calibrated = pyquant.quantize(model, "best", reconstruct=None, **kw)
+    chosen = q.selection.chosen
+    assert not q.quant_report.reconstruction.kept
+    assert q.quant_report.recipe == f"best -> {chosen} (reconstruction discarded)"
+    x = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), calibrated(x), rtol=0, atol=0)
+    text = open(q.quant_report.write(str(tmp_path))).read()
+    assert "## Per-model choices" in text and "reconstruction discarded" in text and f"selected {chosen!r}" in text
+
+
+@pytest.mark.parametrize("chosen", ["squant", "dfq"])
+def test_selecting_recipe_reconstructs_a_data_free_choice_on_the_selection_data(monkeypatch, chosen):
+    import pyquant.selection
+    from pyquant.recipes import BEST_RECONSTRUCTION
+
+    real_select = pyquant.selection.select
+
+    def choosing(fp, builders, *args, **kwargs):  # as if the data-free candidate had measured closest
+        return real_select(fp, [b for b in builders if b[0] == chosen], *args, **kwargs)
+
+    monkeypatch.setattr(pyquant.selection, "select", choosing)
+    model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
+    data, holdout = torch.randn(16, 3, 16, 16), torch.randn(8, 3, 16, 16)
+    q = pyquant.quantize(model, "best", w_bits=3, a_bits=3, input_shape=(3, 16, 16), data=data, holdout=holdout,
+                         progress=False, select_among=(chosen,), reconstruct=dict(BEST_RECONSTRUCTION, iterations=2),
+                         reconstruct_keep_ratio=None)
+    assert q.quant_report.recipe == f"best -> {chosen} + reconstruct"
+    assert "reconstruct" in [s["step"] for s in q.quant_report.steps]
+    assert not any(s["step"].startswith("distill") for s in q.quant_report.steps)  # the given data, not new

@@ -51,6 +51,8 @@ class QuantReport:
     activations: Dict[str, dict] = field(default_factory=dict)
     steps: List[dict] = field(default_factory=list)
     selection: Optional[object] = None  # pyquant.selection.Selection when the recipe chose among candidates
+    # pyquant.selection.ReconstructionCheck when the recipe's reconstruction was checked (kept or discarded)
+    reconstruction: Optional[object] = None
     # when mixed precision ran: {"avg_bits", "budget_bits", "sensitivity": {layer: {bits: Omega}},
     # "sizes": {layer: weight count}} (pyquant.recipes._mixed_precision)
     mixed_precision: Optional[dict] = None
@@ -244,6 +246,9 @@ def write_report(report: QuantReport, directory: str, *, accuracy: Optional[Mapp
     md = [f"# {title}", "", f"Recipe `{report.recipe}`, weights {report.w_bits} bit, activations {report.a_bits} bit "
           f"({report.convention}).", ""]
     md += [f"- {n}" for n in notes or []] + ([""] if notes else [])
+    decisions = [str(d) for d in (report.selection, report.reconstruction) if d is not None]
+    if decisions:  # what a per-model choice picked, and on what evidence
+        md += ["## Per-model choices", "", "```text", *decisions, "```", ""]
     if accuracy:
         _plot_accuracy(accuracy, os.path.join(directory, "accuracy.png"), title)
         md += ["## Accuracy", "", "| model | top-1 (%) |", "|---|---:|"]
