@@ -2,8 +2,8 @@
 
 For each development network (ResNet-32, ResNet-44: all 10,000 shared CIFAR-10 JPEG test images; the
 MobileNetV2 proxy of bench/train_proxy.py: its 5,000 held-out images) and bit-width, builds every
-candidate recipe on the same ZeroQ data (128 samples) and records, per candidate, the selection signal on
-32 held-out synthetic samples (pyquant.selection.output_divergence) and the real top-1. The networks
+candidate recipe on the same ZeroQ data (128 samples) and records, per candidate, the selection signals (KL on 32 held-out synthetic samples, pyquant.selection.output_divergence;
+the BN-statistic mismatch on them, bn_mismatch; KL on 64 N(0,1) inputs, noise_divergence) and the real top-1. The networks
 reported in the README (ResNet-20/56) are not used here. Resumable: every cell is saved to --out.
 
     python bench/selection_study.py --models resnet32 resnet44 mobilenet_v2_proxy --seeds 0
@@ -26,17 +26,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import pyquant  # noqa: E402
 from pyquant.data import evaluate_top1, find_shared_data, load_cifar10_npz  # noqa: E402
 from pyquant.models import resnet_cifar  # noqa: E402
-from pyquant.selection import bn_mismatch, output_divergence  # noqa: E402
+from pyquant.selection import bn_mismatch, noise_divergence, output_divergence  # noqa: E402
 from quantize_table import CHECKPOINTS, CONFIGS, save_json  # noqa: E402
 
-# name -> (recipe, overrides)
+# name -> (recipe, overrides); best's own candidates as its selection judges them: calibrated, not reconstructed
 CANDIDATES = {
-    "lp_squant_abn": ("best", {"select_among": ()}),
-    "lp_squant": ("best", {"select_among": (), "abn": False}),
+    "lp_squant_abn": ("best", {"select_among": (), "reconstruct": None}),
+    "lp_squant": ("best", {"select_among": (), "abn": False, "reconstruct": None}),
     "zeroq": ("zeroq", {}),
     "dfq": ("dfq", {}),
     "squant": ("squant", {}),
 }
+
+
+SIGNAL_FIELDS = ("divergence", "bn_mismatch", "noise_kl")
 
 
 def load_model(name: str, data_dir: str):
@@ -90,7 +93,7 @@ def main(argv=None):
             jobs = [(c, k) for c in args.configs for k in args.candidates]
             for config, cand in tqdm(jobs, desc=f"{name} seed {seed}"):
                 key = f"{name}|{config}|{convention}|seed{seed}|{cand}"
-                if key in results["runs"] and "bn_mismatch" in results["runs"][key]:
+                if key in results["runs"] and all(f in results["runs"][key] for f in SIGNAL_FIELDS):
                     continue
                 recipe, overrides = CANDIDATES[cand]
                 w, a = CONFIGS[config]
@@ -98,18 +101,19 @@ def main(argv=None):
                 q = pyquant.quantize(model, recipe, w_bits=w, a_bits=a, input_shape=(3, 32, 32), seed=seed, data=data,
                                      progress=False, first_last_bits=args.first_last_bits, **overrides)
                 seconds = time.perf_counter() - t0
-                if key in results["runs"]:  # a run recorded before the BN-mismatch signal existed: add it
-                    results["runs"][key]["bn_mismatch"] = bn_mismatch(q, holdout)
-                    save_json(args.out, results)
-                    continue
-                results["runs"][key] = {"divergence": output_divergence(model, q, holdout),
-                                        "bn_mismatch": bn_mismatch(q, holdout),
-                                        "divergence_calib": output_divergence(model, q, data),
-                                        "top1": evaluate_top1(q, images, labels), "seconds": seconds,
-                                        "distill_s": blob["seconds"]}
+                signals = {"divergence": lambda: output_divergence(model, q, holdout),
+                           "bn_mismatch": lambda: bn_mismatch(q, holdout),
+                           "noise_kl": lambda: noise_divergence(model, q, (3, 32, 32), seed=seed)}
+                run = results["runs"].setdefault(key, {})
+                if "top1" not in run:
+                    run.update(divergence_calib=output_divergence(model, q, data), top1=evaluate_top1(q, images, labels),
+                               seconds=seconds, distill_s=blob["seconds"])
+                for f in SIGNAL_FIELDS:  # a run recorded before a signal existed gets it added
+                    if f not in run:
+                        run[f] = signals[f]()
                 save_json(args.out, results)
-                tqdm.write(f"{key}: {json.dumps(results['runs'][key])}")
-    for signal in ("divergence", "bn_mismatch"):
+                tqdm.write(f"{key}: {json.dumps(run)}")
+    for signal in SIGNAL_FIELDS:
         print(f"\nsignal: {signal}\n" + report(results, signal))
 
 
