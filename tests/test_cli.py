@@ -392,3 +392,13 @@ def test_report_write_from_python(tmp_path):
     assert (tmp_path / "r" / "accuracy.png").read_bytes()[:4] == b"\x89PNG"
     data = json.loads((tmp_path / "r" / "report.json").read_text())
     assert data["accuracy"] == {"FP32": 90.0, "fake-quant": 89.5} and len(data["layers"]) == len(q.quant_report.layers)
+
+
+def test_quantize_help_names_every_recipe(capsys):
+    from pyquant.cli import RECIPE_NAMES
+
+    assert sorted(RECIPE_NAMES) == sorted(pyquant.RECIPES)  # a recipe added to pyquant.RECIPES must show in --help
+    rc, stdout, _ = run_cli(capsys, "quantize", "--help")
+    assert rc == 0
+    for name in pyquant.RECIPES:
+        assert name in stdout, name
