@@ -32,10 +32,6 @@ SUBCOMMANDS = [
 ]
 
 
-# the names of pyquant.RECIPES, for --help without importing torch (tests/test_cli.py checks they agree)
-RECIPE_NAMES = ("best", "zeroq", "dsg", "dfq", "aac_abn", "squant", "lp_squant", "brecq", "kd")
-
-
 class UsageError(Exception):
     """Bad input from the command line: reported as one line, exit code 2."""
 
@@ -111,6 +107,8 @@ def add_eval_data(p: argparse.ArgumentParser) -> None:
 
 
 def add_quantize_parser(sub) -> None:
+    from pyquant.recipes import RECIPES  # already loaded: importing pyquant.cli runs pyquant/__init__
+
     p = sub.add_parser("quantize", help="quantize a model data-free, convert it to int8, evaluate it, write a report",
                        description="Quantize MODEL data-free with a recipe, convert it to int8, evaluate FP32, "
                                    "fake-quant and int8 side by side when data is given, and write models + report "
@@ -118,7 +116,7 @@ def add_quantize_parser(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="a built-in name (digits-cnn, resnet20, resnet32, resnet44, "
                                                   "resnet56, mobilenet-cifar), a torchvision model name, or "
                                                   "package.module:function returning an nn.Module")
-    p.add_argument("--recipe", default="best", help=f"{', '.join(RECIPE_NAMES)} (default best)")
+    p.add_argument("--recipe", default="best", help=f"{', '.join(RECIPES)} (default best)")
     p.add_argument("--w-bits", type=bits_arg, default=8, help="weight bits, 2..8 (default 8)")
     p.add_argument("--a-bits", type=bits_arg, default=8, help="activation bits, 2..8 (default 8)")
     p.add_argument("--first-last-bits", type=bits_arg, default=None, help="bits of the first and last layer")

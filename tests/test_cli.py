@@ -395,9 +395,6 @@ def test_report_write_from_python(tmp_path):
 
 
 def test_quantize_help_names_every_recipe(capsys):
-    from pyquant.cli import RECIPE_NAMES
-
-    assert sorted(RECIPE_NAMES) == sorted(pyquant.RECIPES)  # a recipe added to pyquant.RECIPES must show in --help
     rc, stdout, _ = run_cli(capsys, "quantize", "--help")
     assert rc == 0
     for name in pyquant.RECIPES:
