@@ -67,11 +67,19 @@ def test_histogram_entropy(benchmark, activation, impl):
         benchmark.pedantic(lambda: _histogram_observer(activation), rounds=ROUNDS_SLOW, iterations=1, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("impl", ["pyquant_histogram_only", "pyquant_entropy_search_only"])
+@pytest.mark.parametrize("impl", ["pyquant_histogram_only", "pyquant_entropy_search_only", "read_pass_aminmax"])
 def test_histogram_entropy_parts(benchmark, activation, impl):
+    """The estimator's passes apart: its range pass is ``torch.aminmax`` (``read_pass_aminmax``, also the cost of
+    reading the tensor once: the memory bound of a pass), then the counting pass over the range it found
+    (``pyquant_histogram_only``), then the KL search on the counts."""
     benchmark.group = "histogram + calibration 64x256x28x28 (per tensor)"
+    benchmark.extra_info["bytes"] = activation.numel() * activation.element_size()
     if impl == "pyquant_histogram_only":
-        benchmark.pedantic(lambda: ops.histogram(activation, 4096), rounds=5, iterations=1, warmup_rounds=1)
+        amax = activation.abs().amax().reshape(1)
+        benchmark.pedantic(lambda: ops.histogram(activation, 4096, -amax, amax), rounds=5, iterations=1,
+                           warmup_rounds=1)
+    elif impl == "read_pass_aminmax":
+        benchmark.pedantic(lambda: torch.aminmax(activation), rounds=5, iterations=1, warmup_rounds=1)
     else:
         est = calib.EntropyEstimator(bins=2048).observe(activation)
         benchmark.pedantic(lambda: est.qparams(0, 255), rounds=5, iterations=1, warmup_rounds=1)

@@ -29,6 +29,9 @@ def main(path: str) -> None:
             for impl, med in medians.items():
                 if impl != "pyquant" and not impl.startswith("pyquant"):
                     print(f"  speedup vs {impl}: {med / medians['pyquant']:.1f}x")
+        if "pyquant_histogram_only" in medians and "read_pass_aminmax" in medians:
+            print(f"  counting pass / one read of the tensor: "
+                  f"{medians['pyquant_histogram_only'] / medians['read_pass_aminmax']:.2f}x the time")
         if "pyquant_per_channel" in medians:
             for impl in ("torch_histc_loop", "clone"):
                 if impl in medians:

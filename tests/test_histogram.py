@@ -128,3 +128,28 @@ def test_property_equals_histc(n, channels, bins, seed):
     hi = torch.rand(channels, generator=g) * 3 + 0.01
     got = ops.histogram(x, bins, lo, hi, axis=0)
     assert torch.equal(got, reference.histogram(x, bins, lo, hi, 0))
+
+
+def test_zero_spike_and_partial_stages():
+    """The shared cases in this process's variant (AVX-512 where the CPU has it)."""
+    from _histogram_cases import check_histogram_cases
+
+    check_histogram_cases()
+
+
+@pytest.mark.parametrize("isa", ["default", "avx2"])
+def test_zero_spike_lower_cpu_variants(isa):
+    """The same cases in each lower compiled variant (ATEN_CPU_CAPABILITY picks it per process): AVX2's
+    intrinsics and at::vec's portable vectors take other code paths through the same stages."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys, pyquant; sys.path.insert(0, %r)\n"
+              "assert pyquant.build_info()['cpu_isa'] == %r, pyquant.build_info()\n"
+              "from _histogram_cases import check_histogram_cases\n"
+              "check_histogram_cases()\nprint('ok')\n") % (os.path.dirname(os.path.abspath(__file__)), isa)
+    env = dict(os.environ, ATEN_CPU_CAPABILITY=isa)
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.strip().endswith("ok")

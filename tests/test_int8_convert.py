@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pyquant
-from pyquant import int8
+from pyquant import int8, ops
 from pyquant.models import mobilenet_v2_cifar, randomize_bn, resnet_cifar
 
 from nets import torchvision_style_resnet
@@ -148,7 +148,12 @@ def test_convert_resnet20_random_weights():
     fq = _quantize(model)
     q = int8.convert(fq)
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(4))
-    report = _check_faithful(fq, q, x)
+    # End to end, single-step flips compound over 19 layers of randomized statistics, and how many there are
+    # depends on the float32 rounding of the fake-quant reference's convolutions, which differs by CPU: this
+    # input's worst quantizer passed 95 % on the AVX-512 machines the test was written on but gave 92.7-95.9 %
+    # (five inputs) on an AVX2-only EPYC, where layer by layer every code stays within one step and >= 99.99 %
+    # equal (the check that catches a wrong conversion; a wrong grid or zero-point makes most codes differ).
+    report = _check_faithful(fq, q, x, min_equal_e2e=0.9)
     assert len(report) == 1 + 19 + 1  # input, every ReLU output, the pooled features
     # every residual add (conv2 -> add -> ReLU -> quantizer) runs in its conv's epilogue: no float tensor
     fused = [m for m in q.modules() if isinstance(m, int8.Conv2d) and m.residual_grid is not None]
@@ -276,7 +281,23 @@ def test_load_refuses_foreign_functions(small, tmp_path):
         int8.load(str(path))
 
 
-def _onnx_session(q, tmp_path, with_codes=True):
+def _ort_integer_kernels_exact() -> bool:
+    """Whether ONNX Runtime's fused u8 x s8 kernels (QLinearConv / QGemm, from its QDQ fusion) are exact on this
+    CPU. On x86 CPUs without VNNI they sum pairs of products in int16 with saturation (vpmaddubsw; ORT's
+    quantization docs recommend 7-bit weights, reduce_range, there): on an AVX2-only EPYC the first conv's codes
+    were 94.4 % equal to ours with the fusion and 99.97 % with it off. VNNI (and AMX) accumulate in int32."""
+    w = ops.pack_int8_weight(torch.ones(1, 1, dtype=torch.int8), 1.0)
+    try:
+        ops.int8_linear(torch.ones(1, 1, dtype=torch.uint8), 1.0, 0, w, _kernel="vnni")
+    except ValueError as e:
+        assert "lacks" in str(e)
+        return False
+    return True
+
+
+def _onnx_session(q, tmp_path, with_codes=True, fuse=True):
+    """An ORT session on q's QDQ export; ``fuse=False`` turns ORT's graph optimizations off, so it runs the
+    exported QuantizeLinear / DequantizeLinear / float Conv nodes as written (the export's semantics)."""
     ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed (pip install 'pyquant[onnx]')")
     onnx = pytest.importorskip("onnx", reason="onnx not installed (pip install 'pyquant[onnx]')")
     path = str(tmp_path / "net.onnx")
@@ -290,6 +311,8 @@ def _onnx_session(q, tmp_path, with_codes=True):
             proto.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.UINT8, None))
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
+    if not fuse:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"]), names
 
 
@@ -299,7 +322,8 @@ def test_export_onnx_runs_in_onnxruntime(small, tmp_path, net):
     if net == "mobilenet":
         fq = _quantize(mobilenet_v2_cifar(randomize_bn=True, seed=3))
         q = int8.convert(fq)
-    sess, names = _onnx_session(q, tmp_path)
+    # Where ORT's fused integer kernels saturate (x86 without VNNI), the exported graph is checked as written.
+    sess, names = _onnx_session(q, tmp_path, fuse=_ort_integer_kernels_exact())
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(6))
     outs = sess.run(None, {"x": x.numpy()})
     ours = int8.int8_codes(q, x)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import pyquant
+from pyquant import int8
 from pyquant.finetune import KDError, kd_finetune
 from pyquant.finetune import kd as kd_module
 from pyquant.int8 import convert
@@ -126,10 +127,14 @@ def test_result_is_the_trained_network_and_int8_convert_runs():
     with torch.no_grad():
         y = out(x)
         torch.testing.assert_close(relearned(x), y, rtol=0, atol=1e-5 * float(y.abs().max()))
-        # the int8 engine: as close to the fake-quant result as it is for the calibrated network
-        calibrated_gap = float((convert(qm)(x) - qm(x)).abs().max()) / float(qm(x).abs().max())
-        gap = float((convert(out)(x) - y).abs().max()) / float(y.abs().max())
-    assert gap <= max(0.05, 2 * calibrated_gap), (gap, calibrated_gap)
+    # The int8 engine runs the trained network: its codes match the fake-quant network's, with
+    # test_int8_convert's bounds (layer by layer within one step, >= 99 % equal; end to end >= 95 % equal).
+    # A logits bound is no test at 4 bits: one flipped code of the pooled features (a 1/15 step) moved the
+    # logits by 13 % of their range on an AVX2-only EPYC, with every other code identical.
+    q = convert(out)
+    for layerwise, min_equal in ((True, 0.99), (False, 0.95)):
+        for name, r in int8.compare_codes(out, q, x, layerwise=layerwise).items():
+            assert r["equal"] >= min_equal and (r["max_diff"] <= 1 or not layerwise), (layerwise, name, r)
 
 
 def test_bad_arguments_name_themselves():
