@@ -290,3 +290,27 @@ def test_conv_residual_bad_input():
     torch.library.opcheck(torch.ops.pyquant.int8_conv2d.default,
                           (x, 0.1, 3, p.data, p.col_sum, p.scale, [3, 3], None, [1, 1], [0, 0], [1, 1], 1, 0.2, 5,
                            True, "auto", r, 0.25, 9))
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("requantize", [False, True])
+def test_non_finite_and_huge_bias_match_scalar(kernel, relu, requantize):
+    """+-inf, NaN, 1e30 and -0.0 biases: the vector epilogues (AVX2 8 lanes, VNNI 16 lanes) give the scalar
+    oracle's outputs, in full vectors and in the remainder columns (29 columns)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (37, 50), dtype=torch.uint8, generator=g)
+    w = torch.randint(-128, 128, (29, 50), dtype=torch.int8, generator=g)
+    b = torch.randn(29, generator=g) * 5
+    b[0], b[1], b[2], b[3], b[4] = float("inf"), -float("inf"), float("nan"), 1e30, -0.0
+    b[9], b[17], b[26] = float("nan"), float("inf"), -float("inf")
+    packed = ops.pack_int8_weight(w, torch.rand(29, generator=g) * 0.01 + 1e-4)
+    out = (0.05, 3) if requantize else (None, None)
+    y = ops.int8_linear(x, 0.037, 17, packed, b, *out, relu, _kernel=kernel)
+    expected = ops.int8_linear(x, 0.037, 17, packed, b, *out, relu, _kernel="scalar")
+    if requantize:
+        assert torch.equal(y, expected)
+    else:
+        assert torch.equal(y.isnan(), expected.isnan())
+        assert torch.equal(y.nan_to_num(7.0), expected.nan_to_num(7.0))
+        assert torch.equal(y.signbit() & ~y.isnan(), expected.signbit() & ~expected.isnan())  # -0.0 kept

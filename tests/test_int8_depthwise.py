@@ -23,10 +23,19 @@ def _has_vnni() -> bool:
     return True
 
 
-# "auto" takes the direct kernel on CPUs with AVX-512 VNNI; "vnni" forces it (skipped elsewhere); "scalar" is
-# the portable path every other CPU runs.
+def _has_avx2() -> bool:
+    w = ops.pack_int8_weight(torch.ones(1, 1, dtype=torch.int8), 1.0)
+    try:
+        ops.int8_linear(torch.ones(1, 1, dtype=torch.uint8), 1.0, 0, w, _kernel="avx2")
+    except ValueError:
+        return False
+    return True
+
+
+# "auto" takes the direct kernel on CPUs with AVX-512 VNNI and the AVX2 row kernel on CPUs with AVX2 only; "vnni"
+# and "avx2" force those (skipped where the CPU lacks them); "scalar" is the portable oracle.
 KERNELS = ["auto", pytest.param("vnni", marks=pytest.mark.skipif(not _has_vnni(), reason="CPU lacks VNNI")),
-           "scalar"]
+           pytest.param("avx2", marks=pytest.mark.skipif(not _has_avx2(), reason="CPU lacks AVX2")), "scalar"]
 
 
 def _case(n, c, h, w, k=3, gen=None):
@@ -88,7 +97,11 @@ def test_depthwise_border_only(kernel, c, h, w, padding):
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("k,stride,padding,dilation", [(5, 1, 2, 1), (5, 2, 4, 2), (3, (2, 1), (2, 1), (2, 1)),
-                                                       (3, (1, 2), (0, 1), (1, 3)), (3, (2, 1), 1, (1, 2))])
+                                                       (3, (1, 2), (0, 1), (1, 3)), (3, (2, 1), 1, (1, 2)),
+                                                       (2, 1, 0, 1),   # an even tap count: no zero-row pair
+                                                       (1, 1, 0, 1),   # one tap, paired with the zero row
+                                                       (7, 1, 3, 1),   # 49 taps: the AVX2 kernel's largest
+                                                       (9, 1, 4, 1)])  # 81 taps: AVX2 falls back to scalar
 @pytest.mark.parametrize("c", [32, 80])
 def test_depthwise_kernel_size_and_dilation(kernel, k, stride, padding, dilation, c):
     g = torch.Generator().manual_seed(k)

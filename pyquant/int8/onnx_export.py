@@ -237,7 +237,12 @@ class _Builder:
 
 def export_onnx(model: fx.GraphModule, path: str, input_shape=(3, 32, 32)) -> None:
     """Writes the converted int8 ``model`` (from :func:`pyquant.int8.convert`) to ``path`` as QDQ ONNX (opset 17)
-    with a float32 input ``[N, *input_shape]`` and float32 outputs ``output_0``, ... ."""
+    with a float32 input ``[N, *input_shape]`` and float32 outputs ``output_0``, ... .
+
+    ONNX Runtime fuses the QDQ pattern into its integer kernels (QLinearConv / QGemm, uint8 x int8). On x86 CPUs
+    without VNNI those sum pairs of products in int16 with saturation, so its results there can drift from
+    pyquant's (first conv's codes 94 % equal on an AVX2-only EPYC, 99.97 % with ORT's graph optimizations off;
+    docs/int8.md); with VNNI or AMX they are exact."""
     try:
         import onnx
     except ImportError as err:  # pragma: no cover - depends on the environment

@@ -450,8 +450,9 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
   const int8_t* payload = w_packed.const_data_ptr<int8_t>() + kPackedHeaderBytes;
 
   if (depthwise) {
-    const k8::DepthwiseRowFn dw =
-        fn == k8::strip_panel_vnni ? k8::depthwise_row_avx512 : k8::depthwise_row_scalar;
+    const k8::DepthwiseRowFn dw = fn == k8::strip_panel_vnni   ? k8::depthwise_row_avx512
+                                  : fn == k8::strip_panel_avx2 ? k8::depthwise_row_avx2
+                                                               : k8::depthwise_row_scalar;
     k8::DepthwiseArgs a{};
     a.w = payload;
     a.H = g.h, a.W = g.w, a.C = g.c_in, a.C_pad = (g.c_in + 63) / 64 * 64, a.KH = g.kh, a.KW = g.kw, a.OW = g.ow;

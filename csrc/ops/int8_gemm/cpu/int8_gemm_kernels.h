@@ -85,6 +85,7 @@ struct DepthwiseArgs {
 using DepthwiseRowFn = void (*)(const DepthwiseArgs& a, int64_t oh, const Epilogue& e);
 void depthwise_row_scalar(const DepthwiseArgs& a, int64_t oh, const Epilogue& e);
 void depthwise_row_avx512(const DepthwiseArgs& a, int64_t oh, const Epilogue& e);
+void depthwise_row_avx2(const DepthwiseArgs& a, int64_t oh, const Epilogue& e);
 
 // The direct NHWC depthwise kernel of the VNNI path (3x3 and 5x5, any stride / padding / dilation, no
 // fused residual): blocks of 64 channels, one vpdpbusd per 16 channels and tap and byte position j of a
