@@ -24,6 +24,11 @@ def report_depthwise(d: dict) -> None:
               f"{100 * m('fraction_of_copy_bandwidth'):.0f} % |")
 
 
+def _share(gops: float, peak: float) -> str:
+    """gops as a percentage of a measured peak; "n/a" where the CPU lacks that unit (peak 0)."""
+    return f"{100 * gops / peak:.0f} %" if peak else "n/a"
+
+
 def report(path: str) -> None:
     with open(path) as f:
         d = json.load(f)
@@ -43,8 +48,7 @@ def report(path: str) -> None:
         ours = ops / med["pyquant u8 out"] / 1e9
         ours_f = ops / med["pyquant f32 out"] / 1e9
         print(f"| {name} | {ours:.0f} | {ours_f:.0f} | {best} | {ops / base[best] / 1e9:.0f} | "
-              f"{base[best] / med['pyquant u8 out']:.2f}x | {100 * ours / vnni:.0f} % | "
-              f"{100 * ours / amx if amx else float('nan'):.0f} % |")
+              f"{base[best] / med['pyquant u8 out']:.2f}x | {_share(ours, vnni)} | {_share(ours, amx)} |")
     print("\nAll variants (GOP/s, median):\n")
     names = list(next(iter(d["cases"].values()))["median_s"].keys())
     for name, c in d["cases"].items():
