@@ -18,6 +18,20 @@ def one_thread():
     torch.set_num_threads(old)
 
 
+def int8_kernel_available(kernel: str) -> bool:
+    """Whether this CPU runs the int8 GEMM path ``kernel`` ("amx", "vnni", "avx2", ...): the op refuses a path
+    the CPU lacks with a ValueError saying so."""
+    from pyquant import ops
+
+    w = ops.pack_int8_weight(torch.ones(1, 1, dtype=torch.int8), 1.0)
+    try:
+        ops.int8_linear(torch.ones(1, 1, dtype=torch.uint8), 1.0, 0, w, _kernel=kernel)
+    except ValueError as e:
+        assert "lacks" in str(e)
+        return False
+    return True
+
+
 def make_layout(t: torch.Tensor, layout: str) -> torch.Tensor:
     """The same values as t in another memory layout."""
     if layout == "contiguous":

@@ -5,24 +5,15 @@ zero-points and saturating values; requantized output and ReLU; conv options; op
 import pytest
 import torch
 
-from conftest import make_layout
+from conftest import int8_kernel_available, make_layout
 from pyquant import ops
 from pyquant.reference import int8 as ref
 
 ALL_KERNELS = ["auto", "amx", "vnni", "avx2", "scalar"]
 
 
-def _available(kernel: str) -> bool:
-    w = ops.pack_int8_weight(torch.ones(1, 1, dtype=torch.int8), 1.0)
-    try:
-        ops.int8_linear(torch.ones(1, 1, dtype=torch.uint8), 1.0, 0, w, _kernel=kernel)
-    except ValueError as e:
-        assert "lacks" in str(e)
-        return False
-    return True
-
-
-KERNELS = [pytest.param(k, marks=pytest.mark.skipif(not _available(k), reason=f"CPU lacks {k}")) for k in ALL_KERNELS]
+KERNELS = [pytest.param(k, marks=pytest.mark.skipif(not int8_kernel_available(k), reason=f"CPU lacks {k}"))
+           for k in ALL_KERNELS]
 
 
 def _rand_case(m, n, k, x_zp=None, gen=None):

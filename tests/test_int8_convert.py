@@ -9,9 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import pyquant
-from pyquant import int8, ops
+from pyquant import int8
 from pyquant.models import mobilenet_v2_cifar, randomize_bn, resnet_cifar
 
+from conftest import int8_kernel_available
 from nets import torchvision_style_resnet
 
 
@@ -286,13 +287,7 @@ def _ort_integer_kernels_exact() -> bool:
     CPU. On x86 CPUs without VNNI they sum pairs of products in int16 with saturation (vpmaddubsw; ORT's
     quantization docs recommend 7-bit weights, reduce_range, there): on an AVX2-only EPYC the first conv's codes
     were 94.4 % equal to ours with the fusion and 99.97 % with it off. VNNI (and AMX) accumulate in int32."""
-    w = ops.pack_int8_weight(torch.ones(1, 1, dtype=torch.int8), 1.0)
-    try:
-        ops.int8_linear(torch.ones(1, 1, dtype=torch.uint8), 1.0, 0, w, _kernel="vnni")
-    except ValueError as e:
-        assert "lacks" in str(e)
-        return False
-    return True
+    return int8_kernel_available("vnni")
 
 
 def _onnx_session(q, tmp_path, with_codes=True, fuse=True):

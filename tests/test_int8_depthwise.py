@@ -7,35 +7,17 @@ border-only outputs, dilation and extreme values."""
 import pytest
 import torch
 
-from conftest import make_layout
+from conftest import int8_kernel_available, make_layout
 from pyquant import ops
 from pyquant.reference import int8 as ref
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _has_vnni() -> bool:
-    w = ops.pack_int8_weight(torch.ones(1, 1, dtype=torch.int8), 1.0)
-    try:
-        ops.int8_linear(torch.ones(1, 1, dtype=torch.uint8), 1.0, 0, w, _kernel="vnni")
-    except ValueError:
-        return False
-    return True
-
-
-def _has_avx2() -> bool:
-    w = ops.pack_int8_weight(torch.ones(1, 1, dtype=torch.int8), 1.0)
-    try:
-        ops.int8_linear(torch.ones(1, 1, dtype=torch.uint8), 1.0, 0, w, _kernel="avx2")
-    except ValueError:
-        return False
-    return True
-
-
 # "auto" takes the direct kernel on CPUs with AVX-512 VNNI and the AVX2 row kernel on CPUs with AVX2 only; "vnni"
 # and "avx2" force those (skipped where the CPU lacks them); "scalar" is the portable oracle.
-KERNELS = ["auto", pytest.param("vnni", marks=pytest.mark.skipif(not _has_vnni(), reason="CPU lacks VNNI")),
-           pytest.param("avx2", marks=pytest.mark.skipif(not _has_avx2(), reason="CPU lacks AVX2")), "scalar"]
+KERNELS = ["auto"] + [pytest.param(k, marks=pytest.mark.skipif(not int8_kernel_available(k), reason=f"CPU lacks {k}"))
+                      for k in ("vnni", "avx2")] + ["scalar"]
 
 
 def _case(n, c, h, w, k=3, gen=None):
