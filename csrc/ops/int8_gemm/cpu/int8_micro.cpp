@@ -3,7 +3,6 @@
 // target attributes and include no torch headers, so nothing compiled here for AVX-512 can leak into
 // code that runs on older CPUs; the caller picks one with cpu_has_vnni() / cpu_has_avx2().
 #include <cstring>
-#include <vector>
 
 // GCC 12 reports false "maybe uninitialized" warnings inside its own AVX-512 intrinsic headers.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
@@ -203,7 +202,7 @@ PYQ_TARGET_AVX2 void depthwise_row_avx2(const DepthwiseArgs& a, int64_t oh, cons
   const __m256i zx = _mm256_set1_epi16(static_cast<int16_t>(a.x_zero_point));
   __m256i w_lo[kDepthwiseAvx2MaxPairs], w_hi[kDepthwiseAvx2MaxPairs];
   const uint8_t* tap[2 * kDepthwiseAvx2MaxPairs];
-  std::vector<int64_t> ih(static_cast<size_t>(a.KH));
+  int64_t ih[2 * kDepthwiseAvx2MaxPairs];  // KH <= taps
   for (int64_t kh = 0; kh < a.KH; ++kh) ih[kh] = oh * a.stride_h - a.pad_h + kh * a.dil_h;
   alignas(32) uint8_t tail[2][16];  // a partial block's taps, zero-point padded (no byte-masked loads here)
   alignas(32) int32_t dots[16];
