@@ -34,12 +34,13 @@ def report(path: str) -> None:
         d = json.load(f)
     if d["cases"] and "copy_gbps" in next(iter(d["cases"].values())):
         return report_depthwise(d)
-    vnni, amx = d["vnni_peak_gops"], d.get("amx_peak_gops", 0.0)
+    vnni, amx, avx2 = d["vnni_peak_gops"], d.get("amx_peak_gops", 0.0), d.get("avx2_vpmaddwd_peak_gops", 0.0)
     print(f"\n### {d['threads']} thread(s), {d['rounds']} interleaved rounds, median (torch {d['torch']})\n")
-    print(f"Measured peaks: VNNI (vpdpbusd loop) {vnni:.0f} GOP/s, AMX (tdpbusd loop) {amx:.0f} GOP/s.\n")
+    print(f"Measured peaks: VNNI (vpdpbusd loop) {vnni:.0f} GOP/s, AMX (tdpbusd loop) {amx:.0f} GOP/s, "
+          f"AVX2 (vpmaddwd loop) {avx2:.0f} GOP/s.\n")
     print("| shape | pyquant u8 out GOP/s | pyquant f32 out GOP/s | best baseline | its GOP/s | ratio (u8 out) "
-          "| % VNNI peak | % AMX peak |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| % VNNI peak | % AMX peak | % AVX2 peak |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, c in d["cases"].items():
         ops = c["ops"]
         med = c["median_s"]
@@ -48,7 +49,8 @@ def report(path: str) -> None:
         ours = ops / med["pyquant u8 out"] / 1e9
         ours_f = ops / med["pyquant f32 out"] / 1e9
         print(f"| {name} | {ours:.0f} | {ours_f:.0f} | {best} | {ops / base[best] / 1e9:.0f} | "
-              f"{base[best] / med['pyquant u8 out']:.2f}x | {_share(ours, vnni)} | {_share(ours, amx)} |")
+              f"{base[best] / med['pyquant u8 out']:.2f}x | {_share(ours, vnni)} | {_share(ours, amx)} | "
+              f"{_share(ours, avx2)} |")
     print("\nAll variants (GOP/s, median):\n")
     names = list(next(iter(d["cases"].values()))["median_s"].keys())
     for name, c in d["cases"].items():

@@ -46,6 +46,28 @@ def test_linear_matches_reference(kernel, m, n, k, x_zp):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_gemm_blocks_and_threads(kernel, threads):
+    # Rows split into tasks of up to 16 strips of 6 rows; the AVX2 path computes a task's rows in tiles of 4
+    # (the last one reading rows past the task) and widens each panel once per task. 16 * 6 * 3 + 7 rows,
+    # 8-column blocks plus a tail, K with a tail, linear (rows read in place) and conv (rows gathered).
+    gen = torch.Generator().manual_seed(3)
+    x, w, ws, b = _rand_case(16 * 6 * 3 + 7, 75, 150, gen=gen)
+    packed = ops.pack_int8_weight(w, ws)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        y = ops.int8_linear(x, 0.05, 7, packed, b, 0.7, 3, True, _kernel=kernel)
+        xc = torch.randint(0, 256, (3, 24, 13, 11), dtype=torch.uint8, generator=gen)
+        wc = torch.randint(-128, 128, (40, 24, 3, 3), dtype=torch.int8, generator=gen)
+        yc = ops.int8_conv2d(xc, 0.05, 9, ops.pack_int8_weight(wc, ws[:40]), b[:40], 1, 1, _kernel=kernel)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(y, ref.int8_linear(x, 0.05, 7, w, ws, b, 0.7, 3, True))
+    torch.testing.assert_close(yc, ref.int8_conv2d(xc, 0.05, 9, wc, ws[:40], b[:40], 1, 1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_linear_equals_scalar_path_no_bias(kernel):
     x, w, ws, _ = _rand_case(45, 190, 300)
     packed = ops.pack_int8_weight(w, ws)

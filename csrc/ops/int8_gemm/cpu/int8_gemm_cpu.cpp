@@ -109,21 +109,24 @@ bool use_amx(const char* op, Int8Kernel kernel, int64_t M) {
   return kernel == Int8Kernel::kAuto && M >= kAmxMinRows && k8::cpu_has_amx();
 }
 
-k8::StripPanelFn choose_gemm(const char* op, Int8Kernel kernel) {
+// The non-AMX GEMM paths (AMX is decided per call by use_amx).
+enum class GemmPath { kScalar, kAvx2, kVnni };
+
+GemmPath choose_gemm(const char* op, Int8Kernel kernel) {
   switch (kernel) {
     case Int8Kernel::kAmx:
     case Int8Kernel::kVnni:
       TORCH_CHECK_VALUE(k8::cpu_has_vnni(), op, ": kernel='vnni' needs AVX-512 VNNI, which this CPU lacks");
-      return k8::strip_panel_vnni;
+      return GemmPath::kVnni;
     case Int8Kernel::kAvx2:
       TORCH_CHECK_VALUE(k8::cpu_has_avx2(), op, ": kernel='avx2' needs AVX2, which this CPU lacks");
-      return k8::strip_panel_avx2;
+      return GemmPath::kAvx2;
     case Int8Kernel::kScalar:
-      return k8::strip_panel_scalar;
+      return GemmPath::kScalar;
     default:
-      if (k8::cpu_has_vnni()) return k8::strip_panel_vnni;
-      if (k8::cpu_has_avx2()) return k8::strip_panel_avx2;
-      return k8::strip_panel_scalar;
+      if (k8::cpu_has_vnni()) return GemmPath::kVnni;
+      if (k8::cpu_has_avx2()) return GemmPath::kAvx2;
+      return GemmPath::kScalar;
   }
 }
 
@@ -212,10 +215,11 @@ TaskSplit split_tasks(int64_t row_units, int64_t groups, int64_t panels, int64_t
   return s;
 }
 
-// Row source: returns a pointer to the K activation bytes of row m of group g (may fill `scratch`).
-template <typename RowFn>
+// rows_into: see run_gemm_amx; direct (optional): row-major activations with row stride K (linear), read
+// in place by the AVX2 path.
+template <typename RowsIntoFn>
 void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* payload, const k8::Epilogue& e,
-              k8::StripPanelFn fn, const RowFn& row_of) {
+              GemmPath path, const RowsIntoFn& rows_into, const uint8_t* direct) {
   const int64_t k4 = k8::k_groups(K);
   const int64_t strips = (M + k8::kMr - 1) / k8::kMr;
   const int64_t panels = k8::num_panels(npg);
@@ -223,9 +227,17 @@ void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* p
   const int64_t sbytes = k8::strip_bytes(K);
   const TaskSplit split = split_tasks(strips, groups, panels, kMBlockStrips);
   const int64_t block = split.block, panels_per_chunk = split.panels_per_chunk, tasks = split.tasks;
+  // The AVX2 kernel reads rows and panels widened to int16 (int8_gemm_kernels.h): rows are widened as they
+  // are packed and each panel once per task, instead of in the kernel's loop for every row pair.
+  const bool wide = path == GemmPath::kAvx2;
+  const k8::StripPanelFn fn = path == GemmPath::kVnni ? k8::strip_panel_vnni : k8::strip_panel_scalar;
   at::parallel_for(0, tasks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<uint8_t> a_buf(static_cast<size_t>(block * sbytes));
-    std::vector<uint8_t> scratch(static_cast<size_t>(k4 * 4), 0);
+    std::vector<uint8_t> a_buf(static_cast<size_t>(wide ? 0 : block * sbytes));
+    std::vector<int16_t> a16(static_cast<size_t>(wide ? k8::wide_rows_elems(block * k8::kMr, k4) : 0), 0);
+    std::vector<int16_t> b16(static_cast<size_t>(wide ? k8::wide_panel_elems(k4) : 0));
+    // The AVX2 path gathers a block's rows at once (rows_into steps the conv geometry instead of dividing
+    // per row); the other paths one row at a time.
+    std::vector<uint8_t> scratch(static_cast<size_t>(wide && direct == nullptr ? block * k8::kMr * K : k4 * 4), 0);
     for (int64_t t = begin; t < end; ++t) {
       const int64_t g = split.group(t);
       const int64_t mb = split.row_block(t);
@@ -233,7 +245,14 @@ void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* p
       const int64_t s0 = mb * block;
       const int64_t s1 = std::min(strips, s0 + block);
       // Pack the block's rows: [strip][K4][6][4], zero rows and zero K tail.
-      for (int64_t s = s0; s < s1; ++s) {
+      if (wide) {
+        const int64_t m0 = s0 * k8::kMr, valid = std::min(M, s1 * k8::kMr) - m0;
+        const uint8_t* src = direct != nullptr ? direct + m0 * K : scratch.data();
+        if (direct == nullptr) rows_into(g, m0, valid, scratch.data(), K);
+        for (int64_t i = 0; i < valid; ++i) k8::widen_row_avx2(src + i * K, K, k4, a16.data() + i * k4 * 4);
+        std::fill(a16.data() + valid * k4 * 4, a16.data() + (s1 - s0) * k8::kMr * k4 * 4, int16_t{0});
+      }
+      for (int64_t s = s0; s < (wide ? s0 : s1); ++s) {
         uint8_t* dst = a_buf.data() + (s - s0) * sbytes;
         for (int r = 0; r < k8::kMr; ++r) {
           const int64_t m = s * k8::kMr + r;
@@ -241,7 +260,8 @@ void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* p
             for (int64_t q = 0; q < k4; ++q) std::memset(dst + (q * k8::kMr + r) * 4, 0, 4);
             continue;
           }
-          const uint8_t* row = row_of(g, m, scratch.data());
+          rows_into(g, m, 1, scratch.data(), 0);
+          const uint8_t* row = scratch.data();
           const int64_t full = K / 4;
           for (int64_t q = 0; q < full; ++q) std::memcpy(dst + (q * k8::kMr + r) * 4, row + q * 4, 4);
           if (full < k4) {
@@ -256,6 +276,14 @@ void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* p
       for (int64_t p = p0; p < p1; ++p) {
         const int8_t* b = payload + (g * panels + p) * pbytes;
         const int cols = static_cast<int>(std::min<int64_t>(k8::kNr, npg - p * k8::kNr));
+        if (wide) {
+          // The block's rows are consecutive in a16 (rows past M are zero): one call covers them all.
+          const int rows = static_cast<int>(std::min<int64_t>((s1 - s0) * k8::kMr, M - s0 * k8::kMr));
+          k8::widen_panel_avx2(b, k4, cols, b16.data());
+          k8::rows_panel_avx2(a16.data(), b16.data(), k4, rows, cols,
+                                    offset_epilogue(e, s0 * k8::kMr, g * npg + p * k8::kNr));
+          continue;
+        }
         if (fn == k8::strip_panel_vnni && cols <= k8::kNarrowCols) {
           const int rows = static_cast<int>(std::min<int64_t>((s1 - s0) * k8::kMr, M - s0 * k8::kMr));
           const k8::Epilogue es = offset_epilogue(e, s0 * k8::kMr, g * npg + p * k8::kNr);
@@ -354,10 +382,7 @@ void dispatch_gemm(const char* op, Int8Kernel which, int64_t M, int64_t npg, int
   if (use_amx(op, which, M)) {
     run_gemm_amx(M, npg, K, groups, payload, e, rows_into, K % 64 == 0 ? direct : nullptr);
   } else {
-    run_gemm(M, npg, K, groups, payload, e, choose_gemm(op, which), [&](int64_t g, int64_t m, uint8_t* scratch) {
-      rows_into(g, m, 1, scratch, 0);
-      return static_cast<const uint8_t*>(scratch);
-    });
+    run_gemm(M, npg, K, groups, payload, e, choose_gemm(op, which), rows_into, direct);
   }
 }
 
@@ -424,7 +449,7 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
                     int64_t{h.cin_per_group} * h.groups, " input channels; the call has groups=", groups, ", kernel ",
                     g.kh, "x", g.kw, ", x_q with ", g.c_in, " channels");
   const Int8Kernel which = parse_int8_kernel(op, kernel);
-  const k8::StripPanelFn fn = choose_gemm(op, which);
+  const GemmPath path = choose_gemm(op, which);
   // NHWC in memory; the output is NHWC too (channels_last strides, logical NCHW shape).
   const Tensor x = x_q.contiguous(at::MemoryFormat::ChannelsLast);
   Tensor out = empty_output_like(at::empty({g.batch, g.c_out, g.oh, g.ow},
@@ -434,7 +459,7 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
   const bool depthwise = h.kind == static_cast<int32_t>(PackedKind::kDepthwise);
   // The direct VNNI depthwise kernel (no fused residual) subtracts zx * col_sum like the GEMM; the other
   // depthwise kernels subtract the zero-point from every tap instead.
-  const bool depthwise_vnni = depthwise && fn == k8::strip_panel_vnni && !residual.has_value() &&
+  const bool depthwise_vnni = depthwise && path == GemmPath::kVnni && !residual.has_value() &&
                               k8::depthwise_vnni_supports(g.kh, g.kw);
   const EpilogueArrays arr =
       epilogue_arrays(ep, w_col_sum, w_scale, bias, g.c_out, !depthwise || depthwise_vnni);
@@ -450,9 +475,9 @@ Tensor int8_conv2d_cpu(const Tensor& x_q, double x_scale, int64_t x_zero_point, 
   const int8_t* payload = w_packed.const_data_ptr<int8_t>() + kPackedHeaderBytes;
 
   if (depthwise) {
-    const k8::DepthwiseRowFn dw = fn == k8::strip_panel_vnni   ? k8::depthwise_row_avx512
-                                  : fn == k8::strip_panel_avx2 ? k8::depthwise_row_avx2
-                                                               : k8::depthwise_row_scalar;
+    const k8::DepthwiseRowFn dw = path == GemmPath::kVnni   ? k8::depthwise_row_avx512
+                                  : path == GemmPath::kAvx2 ? k8::depthwise_row_avx2
+                                                            : k8::depthwise_row_scalar;
     k8::DepthwiseArgs a{};
     a.w = payload;
     a.H = g.h, a.W = g.w, a.C = g.c_in, a.C_pad = (g.c_in + 63) / 64 * 64, a.KH = g.kh, a.KW = g.kw, a.OW = g.ow;

@@ -49,10 +49,24 @@ using StripPanelFn = void (*)(const uint8_t* a_strip, const int8_t* b_panel, int
 
 void strip_panel_scalar(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows, int cols,
                         const Epilogue& e);
-void strip_panel_avx2(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows, int cols,
-                      const Epilogue& e);
 void strip_panel_vnni(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows, int cols,
                       const Epilogue& e);
+// The AVX2 path works on operands widened to int16 once per row and per panel (vpmaddwd on them is exact;
+// vpmaddubsw on the bytes would saturate its int16 pair sums), so its inner loop is one broadcast load per
+// row and two vpmaddwd per row and 8 columns. The GEMM driver widens a block's rows as it gathers them, and
+// each panel once per block, then calls rows_panel_avx2 on the whole block:
+//   A16: `rows` consecutive rows of K4 * 4 int16 (zero padded), each written by widen_row_avx2, followed by
+//     zero rows up to a multiple of kWideTileRows (wide_rows_elems);
+//   B16: a panel as [cols / 8][K4][8][4] int16 (the 8-column blocks holding valid columns), by widen_panel_avx2.
+constexpr int kWideTileRows = 4;
+inline int64_t wide_rows_elems(int64_t rows, int64_t k4) {
+  return (rows + kWideTileRows - 1) / kWideTileRows * kWideTileRows * k4 * 4;
+}
+inline int64_t wide_panel_elems(int64_t k4) { return kNr * k4 * 4; }
+void widen_row_avx2(const uint8_t* row, int64_t K, int64_t k4, int16_t* dst);
+void widen_panel_avx2(const int8_t* b_panel, int64_t k4, int cols, int16_t* dst);
+void rows_panel_avx2(const int16_t* a16, const int16_t* b16, int64_t k4, int rows, int cols,
+                           const Epilogue& e);
 // `strips` consecutive strips (strip_stride bytes apart; `rows` valid rows in all) times a panel with
 // cols <= 32 valid columns: the narrow-layer VNNI path (only the valid 16-column vectors are computed).
 constexpr int kNarrowCols = 32;

@@ -149,45 +149,97 @@ PYQ_TARGET_AVX2 inline void store8_avx2(const Epilogue& e, int r, int c, __m256i
 
 }  // namespace
 
-// vpmaddubsw saturates its pair sums to int16 (255 * 127 * 2 > 32767), so instead both operands are
-// widened to int16 and multiplied with vpmaddwd (exact int32 pair sums). One ymm accumulator holds 4
-// columns x 2 partial sums; they are folded with vphaddd at the end. Row pairs x 16-column blocks.
-PYQ_TARGET_AVX2 void strip_panel_avx2(const uint8_t* a_strip, const int8_t* b_panel, int64_t k4, int rows,
-                                      int cols, const Epilogue& e) {
-  alignas(32) int32_t dots[kMr][kNr];
-  for (int r0 = 0; r0 < rows; r0 += 2) {
-    for (int c0 = 0; c0 < cols; c0 += 16) {
-      __m256i acc[2][4];
-      for (int i = 0; i < 2; ++i)
-        for (int q = 0; q < 4; ++q) acc[i][q] = _mm256_setzero_si256();
+PYQ_TARGET_AVX2 void widen_row_avx2(const uint8_t* row, int64_t K, int64_t k4, int16_t* dst) {
+  int64_t k = 0;
+  for (; k + 16 <= K; k += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + k),
+                        _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + k))));
+  for (; k < K; ++k) dst[k] = row[k];
+  for (; k < k4 * 4; ++k) dst[k] = 0;
+}
+
+PYQ_TARGET_AVX2 void widen_panel_avx2(const int8_t* b_panel, int64_t k4, int cols, int16_t* dst) {
+  const int blocks = (cols + 7) / 8;
+  for (int64_t g = 0; g < k4; ++g) {
+    for (int cb = 0; cb < blocks; ++cb) {
+      // 8 columns x 4 values of K: 32 consecutive bytes of the [K4][64][4] panel.
+      const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b_panel + (g * kNr + cb * 8) * 4));
+      int16_t* d = dst + (cb * k4 + g) * 32;
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d), _mm256_cvtepi8_epi16(_mm256_castsi256_si128(v)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(d + 16), _mm256_cvtepi8_epi16(_mm256_extracti128_si256(v, 1)));
+    }
+  }
+}
+
+// A row's 4 values of K at `p`, broadcast to the 4 quadwords.
+PYQ_TARGET_AVX2 inline __m256i broadcast_row_quad(const int16_t* p) {
+  long long v;
+  std::memcpy(&v, p, 8);
+  return _mm256_set1_epi64x(v);
+}
+
+// acc += m in place. Written with the intrinsic, GCC 12 computes each sum into the product's register and
+// then copies it back (one vmovdqa per accumulator and step: 8 of the loop's 33 instructions); the
+// constraint keeps the accumulator in its own register.
+#define PYQ_ACCUMULATE(acc, m)                                \
+  do {                                                        \
+    const __m256i product_ = (m);                             \
+    __asm__("vpaddd %1, %0, %0" : "+x"(acc) : "x"(product_)); \
+  } while (0)
+
+// 4 rows x 8 columns at a time: 8 accumulators c<row><half>, each 4 columns x 2 partial sums (vpmaddwd of a
+// row's 4 broadcast values of K against 4 columns' 4 values), folded with vphaddd at the end. Per group of 4
+// K values: 2 weight loads, 4 broadcast loads, 8 vpmaddwd, 8 vpaddd. A 6 x 8 tile (12 accumulators) does
+// not fit the 16 ymm registers with the weights and a broadcast live (GCC spilled accumulators to the stack
+// in the loop). Rows are consecutive (the driver's strips back to back); the last tile reads up to 3 zero
+// rows past `rows`.
+PYQ_TARGET_AVX2 void rows_panel_avx2(const int16_t* a16, const int16_t* b16, int64_t k4, int rows, int cols,
+                                           const Epilogue& e) {
+  static_assert(kWideTileRows == 4, "the tile below is written out for 4 rows");
+  const int64_t lda = k4 * 4;
+  for (int r0 = 0; r0 < rows; r0 += kWideTileRows) {
+    const int16_t* a0 = a16 + r0 * lda;
+    const int16_t* a1 = a0 + lda;
+    const int16_t* a2 = a1 + lda;
+    const int16_t* a3 = a2 + lda;
+    for (int c0 = 0; c0 < cols; c0 += 8) {
+      const int16_t* b = b16 + (c0 / 8) * k4 * 32;
+      __m256i c00 = _mm256_setzero_si256(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00,
+              c31 = c00;
       for (int64_t g = 0; g < k4; ++g) {
-        const int8_t* b = b_panel + (g * kNr + c0) * 4;
-        __m256i bw[4];
-        for (int q = 0; q < 4; ++q)
-          bw[q] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(b + q * 16)));
-        for (int i = 0; i < 2; ++i) {
-          int32_t a4;
-          std::memcpy(&a4, a_strip + (g * kMr + r0 + i) * 4, 4);
-          const __m256i aw = _mm256_broadcastq_epi64(_mm_cvtepu8_epi16(_mm_cvtsi32_si128(a4)));
-          for (int q = 0; q < 4; ++q) acc[i][q] = _mm256_add_epi32(acc[i][q], _mm256_madd_epi16(aw, bw[q]));
-        }
+        const __m256i b0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 32));
+        const __m256i b1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + g * 32 + 16));
+        __m256i av = broadcast_row_quad(a0 + g * 4);
+        PYQ_ACCUMULATE(c00, _mm256_madd_epi16(av, b0));
+        PYQ_ACCUMULATE(c01, _mm256_madd_epi16(av, b1));
+        av = broadcast_row_quad(a1 + g * 4);
+        PYQ_ACCUMULATE(c10, _mm256_madd_epi16(av, b0));
+        PYQ_ACCUMULATE(c11, _mm256_madd_epi16(av, b1));
+        av = broadcast_row_quad(a2 + g * 4);
+        PYQ_ACCUMULATE(c20, _mm256_madd_epi16(av, b0));
+        PYQ_ACCUMULATE(c21, _mm256_madd_epi16(av, b1));
+        av = broadcast_row_quad(a3 + g * 4);
+        PYQ_ACCUMULATE(c30, _mm256_madd_epi16(av, b0));
+        PYQ_ACCUMULATE(c31, _mm256_madd_epi16(av, b1));
       }
-      for (int i = 0; i < 2; ++i) {
-        for (int q = 0; q < 4; q += 2) {
-          // hadd -> [c0 c1 c4 c5 | c2 c3 c6 c7] of the 8 columns in acc[q], acc[q + 1].
-          const __m256i h = _mm256_hadd_epi32(acc[i][q], acc[i][q + 1]);
-          _mm256_store_si256(reinterpret_cast<__m256i*>(&dots[r0 + i][c0 + q * 4]),
-                             _mm256_permute4x64_epi64(h, 0xD8));
+      // hadd -> [c0 c1 c4 c5 | c2 c3 c6 c7]; the permute puts the 8 columns in order.
+      const __m256i dots[4] = {_mm256_permute4x64_epi64(_mm256_hadd_epi32(c00, c01), 0xD8),
+                               _mm256_permute4x64_epi64(_mm256_hadd_epi32(c10, c11), 0xD8),
+                               _mm256_permute4x64_epi64(_mm256_hadd_epi32(c20, c21), 0xD8),
+                               _mm256_permute4x64_epi64(_mm256_hadd_epi32(c30, c31), 0xD8)};
+      for (int r = 0; r < kWideTileRows && r0 + r < rows; ++r) {
+        if (c0 + 8 <= cols) {
+          store8_avx2(e, r0 + r, c0, dots[r]);
+        } else {
+          alignas(32) int32_t d[8];
+          _mm256_store_si256(reinterpret_cast<__m256i*>(d), dots[r]);
+          for (int c = c0; c < cols; ++c) store_one(e, r0 + r, c, d[c - c0]);
         }
       }
     }
   }
-  for (int r = 0; r < rows; ++r) {
-    int c = 0;
-    for (; c + 8 <= cols; c += 8) store8_avx2(e, r, c, _mm256_load_si256(reinterpret_cast<const __m256i*>(&dots[r][c])));
-    for (; c < cols; ++c) store_one(e, r, c, dots[r][c]);
-  }
 }
+#undef PYQ_ACCUMULATE
 
 // Depthwise on AVX2, any kernel size / stride / padding / dilation, fused residual included: 16 channels
 // at a time, taps taken in pairs. The two taps' bytes are interleaved (unpack), widened to int16 and the
@@ -1249,9 +1301,9 @@ PYQ_TARGET_AMX void amx_epilogue(const int32_t* c, int rows, int col0, int cols,
 
 bool cpu_has_vnni() { return false; }
 bool cpu_has_avx2() { return false; }
-void strip_panel_avx2(const uint8_t* a, const int8_t* b, int64_t k4, int rows, int cols, const Epilogue& e) {
-  strip_panel_scalar(a, b, k4, rows, cols, e);
-}
+void widen_row_avx2(const uint8_t*, int64_t, int64_t, int16_t*) {}
+void widen_panel_avx2(const int8_t*, int64_t, int, int16_t*) {}
+void rows_panel_avx2(const int16_t*, const int16_t*, int64_t, int, int, const Epilogue&) {}
 void strips_panel_vnni_narrow(const uint8_t*, int64_t, int, const int8_t*, int64_t, int, int, const Epilogue&) {}
 void strip_panel_vnni(const uint8_t* a, const int8_t* b, int64_t k4, int rows, int cols, const Epilogue& e) {
   strip_panel_scalar(a, b, k4, rows, cols, e);
