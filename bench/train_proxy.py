@@ -7,8 +7,9 @@ with depthwise convolutions, ReLU6 and linear bottlenecks like the ImageNet Mobi
 Those 5,000 evaluation images are a development set: ResNet-20/56's reported numbers use all 10,000
 images with networks never used to choose settings.
 
-SGD + Nesterov momentum, cosine learning rate, random crop (pad 4) and horizontal flip, bf16 autocast
-with channels_last on the CPU (AMX), one thread. Checkpoints after every epoch to the cache folder
+SGD + Nesterov momentum, cosine learning rate, random crop (pad 4) and horizontal flip, one thread;
+bf16 autocast with channels_last where the CPU computes bf16 natively (AMX or AVX512-BF16), float32 NCHW
+elsewhere (``--precision``: on an AVX2-only CPU bf16 autocast is ~10x slower than float32). Checkpoints after every epoch to the cache folder
 (~/.cache/pyquant/proxy, or PYQUANT_CACHE/proxy) and resumes from there after a kill; loads with
 weights_only=True.
 
@@ -74,6 +75,11 @@ def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return out
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (AMX tiles or AVX512-BF16); elsewhere autocast emulates it."""
+    return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--epochs", type=int, default=30)
@@ -82,7 +88,11 @@ def main(argv=None):
     ap.add_argument("--weight-decay", type=float, default=5e-4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                    help="auto: bf16 autocast + channels_last where the CPU has AMX or AVX512-BF16, else fp32")
     args = ap.parse_args(argv)
+    use_bf16 = args.precision == "bf16" or (args.precision == "auto" and native_bf16())
+    print(f"precision: {'bf16 autocast, channels_last' if use_bf16 else 'float32, NCHW'}")
     torch.set_num_threads(args.threads)
     data_dir = find_shared_data()
     if data_dir is None:
@@ -91,7 +101,8 @@ def main(argv=None):
     os.makedirs(cache_dir(), exist_ok=True)
     ckpt = os.path.join(cache_dir(), NAME + ".ckpt")
     torch.manual_seed(args.seed)
-    model = mobilenet_v2(10, WIDTH, cifar_stem=True).train().to(memory_format=torch.channels_last)
+    memory_format = torch.channels_last if use_bf16 else torch.contiguous_format
+    model = mobilenet_v2(10, WIDTH, cifar_stem=True).train().to(memory_format=memory_format)
     opt = torch.optim.SGD(model.parameters(), args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(tx.shape[0] / args.batch_size)
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -112,11 +123,11 @@ def main(argv=None):
         t0 = time.perf_counter()
         model.train()
         perm = torch.randperm(tx.shape[0], generator=g)
-        xs = augment(tx[perm], g).contiguous(memory_format=torch.channels_last)
+        xs = augment(tx[perm], g).contiguous(memory_format=memory_format)
         ys = ty[perm]
         total = 0.0
         for i in tqdm(range(0, xs.shape[0], args.batch_size), desc=f"epoch {epoch + 1}/{args.epochs}", leave=False):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
                 loss = F.cross_entropy(model(xs[i:i + args.batch_size]), ys[i:i + args.batch_size])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -134,7 +145,8 @@ def main(argv=None):
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     torch.save({"model": state}, os.path.join(cache_dir(), NAME + ".pt"))
     with open(os.path.join(cache_dir(), NAME + ".json"), "w") as f:
-        json.dump({"width": WIDTH, "epochs": args.epochs, "history": history,
+        json.dump({"width": WIDTH, "epochs": args.epochs, "precision": "bf16" if use_bf16 else "fp32",
+                   "history": history,
                    "fp32_eval_top1": history[-1]["eval_top1"] if history else None}, f, indent=1)
     print(f"FP32 top-1 on the 5,000 held-out images: {history[-1]['eval_top1']:.2f} %")
 

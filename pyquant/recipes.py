@@ -53,7 +53,8 @@ class Recipe:
     check_reconstruction, reported in ``quant_report.reconstruction``); otherwise the calibrated network is
     returned. None = always keep.
     abn_bn_weight: ABN's target statistics, from the FP32 network's on the data (0) to the trained BN
-    statistics (1, the paper); see pyquant.dfq.abn.
+    statistics (1, the paper); see pyquant.dfq.abn. abn_max_pull: bound on each channel's move from the FP32
+    network's statistics towards the trained ones (log std ratio, mean shift in stds; None = unbounded).
     input_calibration: how the network-input quantizer gets its range: ``data`` (observed like every
     other activation) or ``standardized`` (on the data standardized per sample and channel to mean 0,
     std 1, the input statistics ZeroQ's input term targets and DFQ assumes; synthetic images are wider
@@ -88,6 +89,7 @@ class Recipe:
     abn_after_activations: bool = False
     abn_below_bits: Optional[int] = None
     abn_bn_weight: float = 1.0
+    abn_max_pull: Optional[float] = None
     input_calibration: str = "data"
     bias_correction: Optional[str] = None
     act_estimator: str = "minmax"
@@ -122,6 +124,7 @@ class Recipe:
             raise ValueError(f"Recipe.input_calibration={self.input_calibration!r} needs a data-based act_estimator; "
                              f"with act_estimator='bn' every range, the input's too, comes from the BN statistics")
         dfq.abn.check_bn_weight(self.abn_bn_weight, "Recipe.abn_bn_weight")
+        dfq.abn.check_max_pull(self.abn_max_pull, "Recipe.abn_max_pull")
         if isinstance(self.select_among, str) or not all(isinstance(n, str) for n in self.select_among):
             raise TypeError(f"Recipe.select_among must be a tuple of recipe names, got {self.select_among!r}")
         self.select_among = tuple(self.select_among)
@@ -373,7 +376,8 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
         if recipe.weight_rounding == "squant":
             _squant_weights(qm)
     def abn():
-        return len(dfq.adaptive_bn(qm, bn_stats, data, bn_weight=recipe.abn_bn_weight, fp_model=fp_ref))
+        return len(dfq.adaptive_bn(qm, bn_stats, data, bn_weight=recipe.abn_bn_weight, fp_model=fp_ref,
+                                   max_pull=recipe.abn_max_pull))
 
     def calibrate_activations():
         qgraph.calibrate_activations(qm, data)
@@ -521,7 +525,7 @@ def _pipeline(recipe: Recipe) -> Recipe:
     ABN's or reconstruction's settings when that step is off), so two recipes that build the same model compare equal."""
     neutral = dict(name="", select_among=(), select_holdout=1, select_signal="kl")
     if not recipe.abn:
-        neutral.update(abn_after_activations=False, abn_below_bits=None, abn_bn_weight=1.0)
+        neutral.update(abn_after_activations=False, abn_below_bits=None, abn_bn_weight=1.0, abn_max_pull=None)
     if recipe.reconstruct is None:
         neutral.update(reconstruct_below_bits=None, reconstruct_keep_ratio=None)
     return dataclasses.replace(recipe, **neutral)

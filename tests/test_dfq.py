@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import pyquant
 from pyquant import dfq
 from pyquant.quant import (QuantSpec, fold_bn, prepare, quant_layers, quantize_weights, replace_relu6)
 
@@ -167,6 +168,46 @@ def test_abn_blended_target_between_fp32_data_statistics_and_bn(bn_weight):
         assert (want_std - gamma).abs().max() > 0.05, "the test needs targets that differ"
         torch.testing.assert_close(got[name][0], want_mean, atol=1e-4, rtol=1e-4)
         torch.testing.assert_close(got[name][1], want_std, atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("bn_weight", [0.5, 1.0])
+def test_abn_max_pull_bounds_the_move_towards_bn_statistics(bn_weight):
+    # Targets as in the blended test, then each channel's move from the FP32 moments on the data clipped to
+    # max_pull (log std ratio; mean shift in trained stds), computed here in float64 from the definitions.
+    model = bn_stats_from_data(resnet8(), 1.7 * torch.randn(256, 3, 16, 16) + 0.3)
+    folded, stats = fold_bn(model)
+    x = torch.randn(64, 3, 16, 16)
+    names = ("conv1", "layer1.0.conv1", "layer2.0.conv2")
+    fp = _layer_output_moments(folded, names, x)
+    max_pull = 0.05
+    q = prepare(folded, QuantSpec(bits=3, axis=0), None)
+    quantize_weights(q)
+    dfq.adaptive_bn(q, stats, x, bn_weight=bn_weight, fp_model=folded, max_pull=max_pull)
+    got = _layer_output_moments(q, names, x)
+    clipped = 0
+    for name in names:
+        beta, gamma = stats[name].out_mean.double(), stats[name].out_std.double()
+        mean_move = (bn_weight * (beta - fp[name][0])).clamp(-max_pull * gamma.abs(), max_pull * gamma.abs())
+        log_move = (bn_weight * (gamma.log() - fp[name][1].log())).clamp(-max_pull, max_pull)
+        clipped += int((log_move.abs() >= max_pull).sum())
+        torch.testing.assert_close(got[name][0], fp[name][0] + mean_move, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(got[name][1], fp[name][1] * log_move.exp(), atol=1e-4, rtol=1e-3)
+    assert clipped > 0, "the test needs channels whose pull is bounded"
+    # A bound no channel reaches changes nothing.
+    outs = []
+    for kw in ({}, {"max_pull": 1e6}):
+        q = prepare(folded, QuantSpec(bits=3, axis=0), None)
+        quantize_weights(q)
+        dfq.adaptive_bn(q, stats, x, bn_weight=bn_weight, fp_model=folded, **kw)
+        outs.append(q(x))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
+    for bad in (0.0, -1.0, float("inf"), float("nan"), True):
+        with pytest.raises(ValueError, match="max_pull"):
+            dfq.adaptive_bn(q, stats, x, bn_weight=bn_weight, fp_model=folded, max_pull=bad)
+    with pytest.raises(ValueError, match="fp_model"):
+        dfq.adaptive_bn(q, stats, x, bn_weight=bn_weight, max_pull=max_pull)
+    with pytest.raises(ValueError, match="abn_max_pull"):
+        pyquant.Recipe(abn_max_pull=-0.1)
 
 
 def test_abn_bn_weight_one_is_the_paper_and_bad_weights_raise():

@@ -18,6 +18,13 @@ where the quantization shift is negligible). ``bn_weight=0`` targets instead the
 statistics on the same data (``fp_model``), which corrects only the shift quantization causes;
 ``0 < bn_weight < 1`` shrinks between the two: mean ``(1-w) mu_fp + w beta``, std
 ``s_fp^(1-w) |gamma|^w``. docs/pipeline.md measures the three on ResNet-20/56.
+
+Bounded pull (``max_pull``). The part of the target beyond the FP32 network's own statistics on the data
+(the pull towards the trained statistics) can be bounded per channel: ``|log(target std / s_fp)|`` and
+``|target mean - mu_fp| / |gamma|`` at most ``max_pull``. Where the synthetic data reproduce a channel's trained
+statistics (most channels of the CIFAR ResNets) the bound changes nothing; where they do not, the trained
+statistics pull the quantized network away from what the FP32 network computes on every input, which is
+what cost the MobileNetV2 proxy 2 pt at W6A6 (docs/transfer.md).
 """
 
 from __future__ import annotations
@@ -62,32 +69,51 @@ def _output_moments(model: nn.Module, names, data: Tensor) -> Dict[str, tuple]:
     return moments
 
 
-def blended_targets(bn_stats: Dict, fp_moments: Dict[str, tuple], bn_weight: float) -> Dict:
+def check_max_pull(value, who: str) -> None:
+    """``value`` must be None or a positive finite number (bool excluded); the error names ``who``."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < float("inf"):
+        raise ValueError(f"{who} must be None or a positive finite number, got {value!r}")
+
+
+def blended_targets(bn_stats: Dict, fp_moments: Dict[str, tuple], bn_weight: float,
+                    max_pull: Optional[float] = None) -> Dict:
     """bn_stats with each layer's (out_mean, out_std) moved from the FP32 moments on the data towards
-    the trained BN statistics by ``bn_weight`` (linear in the mean, geometric in the std)."""
+    the trained BN statistics by ``bn_weight`` (linear in the mean, geometric in the std); with ``max_pull``,
+    each channel's move bounded (log std ratio, mean shift in trained stds; see the module doc)."""
     out = dict(bn_stats)
     for name, (mean, std) in fp_moments.items():
         st, w = bn_stats[name], bn_weight
-        out[name] = dataclasses.replace(
-            st, out_mean=((1 - w) * mean + w * st.out_mean.double()).to(st.out_mean.dtype),
-            out_std=(std.clamp(min=1e-12) ** (1 - w) * st.out_std.double() ** w).to(st.out_std.dtype))
+        fp_std = std.clamp(min=1e-12)
+        log_pull = w * (st.out_std.double().clamp(min=1e-12).log() - fp_std.log())
+        mean_pull = w * (st.out_mean.double() - mean)
+        if max_pull is not None:
+            scale = st.out_std.double().abs().clamp(min=1e-12)
+            log_pull = log_pull.clamp(-max_pull, max_pull)
+            mean_pull = torch.maximum(torch.minimum(mean_pull, max_pull * scale), -max_pull * scale)
+        out[name] = dataclasses.replace(st, out_mean=(mean + mean_pull).to(st.out_mean.dtype),
+                                        out_std=(fp_std * log_pull.exp()).to(st.out_std.dtype))
     return out
 
 
 @torch.no_grad()
 def adaptive_bn(qmodel: nn.Module, bn_stats: Dict, data: Tensor, match_std: bool = True,
                 max_ratio: float = 4.0, bn_weight: float = 1.0,
-                fp_model: Optional[nn.Module] = None) -> Dict[str, float]:
+                fp_model: Optional[nn.Module] = None, max_pull: Optional[float] = None) -> Dict[str, float]:
     """In place on a prepared model with quantized weights (per-channel, axis 0). Returns
     {layer: mean |log std ratio|}. ``max_ratio`` bounds the std correction (guards dead channels).
-    ``bn_weight`` in [0, 1] and ``fp_model`` (the FP32 folded model, same layer names): the target
-    statistics, see the module doc; 1 (the default) needs no ``fp_model``."""
+    ``bn_weight`` in [0, 1], ``max_pull`` (None or > 0) and ``fp_model`` (the FP32 folded model, same layer
+    names): the target statistics, see the module doc; bn_weight 1 without max_pull needs no ``fp_model``."""
     check_bn_weight(bn_weight, "adaptive_bn: bn_weight")
+    check_max_pull(max_pull, "adaptive_bn: max_pull")
     layers = {n: m for n, m in quant_layers(qmodel).items() if n in bn_stats}
-    if bn_weight < 1.0:
+    if bn_weight < 1.0 or max_pull is not None:
         if fp_model is None:
-            raise ValueError("adaptive_bn: bn_weight < 1 needs fp_model (the FP32 model the targets are measured on)")
-        bn_stats = blended_targets(bn_stats, _output_moments(fp_model, list(layers), data), float(bn_weight))
+            raise ValueError("adaptive_bn: bn_weight < 1 or max_pull needs fp_model (the FP32 model the targets "
+                             "are measured on)")
+        bn_stats = blended_targets(bn_stats, _output_moments(fp_model, list(layers), data), float(bn_weight),
+                                   None if max_pull is None else float(max_pull))
     done = {}
 
     def hook_for(name):
