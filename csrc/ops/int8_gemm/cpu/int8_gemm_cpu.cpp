@@ -244,15 +244,16 @@ void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* p
       const int64_t nc = split.chunk(t);
       const int64_t s0 = mb * block;
       const int64_t s1 = std::min(strips, s0 + block);
-      // Pack the block's rows: [strip][K4][6][4], zero rows and zero K tail.
       if (wide) {
+        // The block's rows back to back, widened to int16 (rows past M zero).
         const int64_t m0 = s0 * k8::kMr, valid = std::min(M, s1 * k8::kMr) - m0;
         const uint8_t* src = direct != nullptr ? direct + m0 * K : scratch.data();
         if (direct == nullptr) rows_into(g, m0, valid, scratch.data(), K);
         for (int64_t i = 0; i < valid; ++i) k8::widen_row_avx2(src + i * K, K, k4, a16.data() + i * k4 * 4);
         std::fill(a16.data() + valid * k4 * 4, a16.data() + (s1 - s0) * k8::kMr * k4 * 4, int16_t{0});
       }
-      for (int64_t s = s0; s < (wide ? s0 : s1); ++s) {
+      // Otherwise pack them as strips: [strip][K4][6][4], zero rows and zero K tail.
+      for (int64_t s = s0; !wide && s < s1; ++s) {
         uint8_t* dst = a_buf.data() + (s - s0) * sbytes;
         for (int r = 0; r < k8::kMr; ++r) {
           const int64_t m = s * k8::kMr + r;
@@ -281,7 +282,7 @@ void run_gemm(int64_t M, int64_t npg, int64_t K, int64_t groups, const int8_t* p
           const int rows = static_cast<int>(std::min<int64_t>((s1 - s0) * k8::kMr, M - s0 * k8::kMr));
           k8::widen_panel_avx2(b, k4, cols, b16.data());
           k8::rows_panel_avx2(a16.data(), b16.data(), k4, rows, cols,
-                                    offset_epilogue(e, s0 * k8::kMr, g * npg + p * k8::kNr));
+                              offset_epilogue(e, s0 * k8::kMr, g * npg + p * k8::kNr));
           continue;
         }
         if (fn == k8::strip_panel_vnni && cols <= k8::kNarrowCols) {

@@ -66,7 +66,7 @@ inline int64_t wide_panel_elems(int64_t k4) { return kNr * k4 * 4; }
 void widen_row_avx2(const uint8_t* row, int64_t K, int64_t k4, int16_t* dst);
 void widen_panel_avx2(const int8_t* b_panel, int64_t k4, int cols, int16_t* dst);
 void rows_panel_avx2(const int16_t* a16, const int16_t* b16, int64_t k4, int rows, int cols,
-                           const Epilogue& e);
+                     const Epilogue& e);
 // `strips` consecutive strips (strip_stride bytes apart; `rows` valid rows in all) times a panel with
 // cols <= 32 valid columns: the narrow-layer VNNI path (only the valid 16-column vectors are computed).
 constexpr int kNarrowCols = 32;

@@ -194,7 +194,7 @@ PYQ_TARGET_AVX2 inline __m256i broadcast_row_quad(const int16_t* p) {
 // in the loop). Rows are consecutive (the driver's strips back to back); the last tile reads up to 3 zero
 // rows past `rows`.
 PYQ_TARGET_AVX2 void rows_panel_avx2(const int16_t* a16, const int16_t* b16, int64_t k4, int rows, int cols,
-                                           const Epilogue& e) {
+                                     const Epilogue& e) {
   static_assert(kWideTileRows == 4, "the tile below is written out for 4 rows");
   const int64_t lda = k4 * 4;
   for (int r0 = 0; r0 < rows; r0 += kWideTileRows) {
