@@ -85,10 +85,12 @@ def main(argv=None):
     on_data = abn._output_moments(folded, names, data)
     on_real = abn._output_moments(folded, names, images[:1000])
     results = json.load(open(out)) if os.path.isfile(out) else {}
-    results["layers"] = {n: {"data_log_std": discrepancy(on_data[n], bn_stats[n])[0],
-                             "data_mean": discrepancy(on_data[n], bn_stats[n])[1],
-                             "real_log_std": discrepancy(on_real[n], bn_stats[n])[0],
-                             "real_mean": discrepancy(on_real[n], bn_stats[n])[1]} for n in names}
+    results["layers"] = {}
+    for n in names:
+        (data_log_std, data_mean), (real_log_std, real_mean) = (discrepancy(on_data[n], bn_stats[n]),
+                                                                discrepancy(on_real[n], bn_stats[n]))
+        results["layers"][n] = {"data_log_std": data_log_std, "data_mean": data_mean,
+                                "real_log_std": real_log_std, "real_mean": real_mean}
     for n, v in results["layers"].items():
         print(f"{n:32s} data {v['data_log_std']:.3f} {v['data_mean']:.3f}   real {v['real_log_std']:.3f} {v['real_mean']:.3f}")
     runs = results.setdefault("runs", {})

@@ -22,9 +22,9 @@ statistics on the same data (``fp_model``), which corrects only the shift quanti
 Bounded pull (``max_pull``). The part of the target beyond the FP32 network's own statistics on the data
 (the pull towards the trained statistics) can be bounded per channel: ``|log(target std / s_fp)|`` and
 ``|target mean - mu_fp| / |gamma|`` at most ``max_pull``. Where the synthetic data reproduce a channel's trained
-statistics (most channels of the CIFAR ResNets) the bound changes nothing; where they do not, the trained
-statistics pull the quantized network away from what the FP32 network computes on every input, which is
-what cost the MobileNetV2 proxy 2 pt at W6A6 (docs/transfer.md).
+statistics (most channels of the CIFAR ResNets) the bound changes nothing; where they do not (a MobileNetV2's
+late depthwise layers), the trained statistics pull the quantized network away from what the FP32 network
+computes. On the MobileNetV2 proxy the bound wins back 2.6-3.7 of the 5-11 pt ABN costs (docs/transfer.md).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def blended_targets(bn_stats: Dict, fp_moments: Dict[str, tuple], bn_weight: flo
         if max_pull is not None:
             scale = st.out_std.double().abs().clamp(min=1e-12)
             log_pull = log_pull.clamp(-max_pull, max_pull)
-            mean_pull = torch.maximum(torch.minimum(mean_pull, max_pull * scale), -max_pull * scale)
+            mean_pull = torch.clamp(mean_pull, -max_pull * scale, max_pull * scale)
         out[name] = dataclasses.replace(st, out_mean=(mean + mean_pull).to(st.out_mean.dtype),
                                         out_std=(fp_std * log_pull.exp()).to(st.out_std.dtype))
     return out
