@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import pyquant  # noqa: E402
 from pyquant.data import evaluate_top1, find_shared_data, load_cifar10_npz  # noqa: E402
 from pyquant.models import resnet_cifar  # noqa: E402
+from pyquant.recipes import convention_of  # noqa: E402
 
 CHECKPOINTS = {"resnet20": "resnet20-12fca82f.th", "resnet32": "resnet32-d509ac18.th",
                "resnet44": "resnet44-014dd654.th", "resnet56": "resnet56-4bfd9763.th"}
@@ -135,6 +136,8 @@ def main(argv=None):
     p.add_argument("--iterations", type=int, default=200)
     p.add_argument("--first-last-bits", type=int, default=None,
                    help="bits of the first and last layer (default: all layers at the table's bits)")
+    p.add_argument("--input-bits", type=int, default=None,
+                   help="bits of the network-input quantizer (default: the table's activation bits)")
     p.add_argument("--calibration-only", action="store_true",
                    help="run each recipe with reconstruct=None (same data), stored as '<recipe>_calibration': the "
                         "baseline its reconstruction is measured against")
@@ -160,7 +163,7 @@ def main(argv=None):
     results.setdefault("distill_seconds", {})
     results["settings"] = {"num_samples": args.num_samples, "iterations": args.iterations, "threads": args.threads,
                            "images": "cifar10_test_jpeg_q75.npz (10,000)"}
-    convention = "all layers quantized" if args.first_last_bits is None else f"first/last layer at {args.first_last_bits} bit"
+    convention = convention_of(pyquant.Recipe(first_last_bits=args.first_last_bits, input_bits=args.input_bits))
     recipes = [r for r in args.recipes if recipe_available(r)]
     skipped = sorted(set(args.recipes) - set(recipes))
     if skipped:
@@ -190,7 +193,7 @@ def main(argv=None):
         t0 = time.perf_counter()
         q = pyquant.quantize(model, recipe, w_bits=w, a_bits=a, input_shape=(3, 32, 32), seed=seed, data=data,
                              holdout=holdout, progress=False, first_last_bits=args.first_last_bits,
-                             **changes)
+                             input_bits=args.input_bits, **changes)
         quantize_s = time.perf_counter() - t0
         top1 = evaluate_top1(q, images, labels)
         results["runs"][key] = {"top1": top1, "distill_s": distill_s, "quantize_s": quantize_s}

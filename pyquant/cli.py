@@ -120,6 +120,8 @@ def add_quantize_parser(sub) -> None:
     p.add_argument("--w-bits", type=bits_arg, default=8, help="weight bits, 2..8 (default 8)")
     p.add_argument("--a-bits", type=bits_arg, default=8, help="activation bits, 2..8 (default 8)")
     p.add_argument("--first-last-bits", type=bits_arg, default=None, help="bits of the first and last layer")
+    p.add_argument("--input-bits", type=bits_arg, default=None,
+                   help="bits of the network-input quantizer (default: --a-bits; 8 = the model's 8-bit pixels)")
     p.add_argument("--avg-bits", type=avg_bits_arg, default=None, metavar="B",
                    help="mixed-precision weights: ZeroQ's Pareto allocation of 2/4/8 bit per layer with at most B "
                         "bits per weight on average (needs a recipe that synthesizes data); the report plots the "
@@ -428,6 +430,8 @@ def run_quantize(args) -> int:
         overrides = {}
         if args.first_last_bits is not None:
             overrides["first_last_bits"] = args.first_last_bits
+        if args.input_bits is not None:
+            overrides["input_bits"] = args.input_bits
         if args.avg_bits is not None:
             if pyquant.RECIPES[args.recipe].data is None and not args.calib:
                 raise UsageError(f"--avg-bits: the allocation measures each layer's sensitivity on data, and recipe "

@@ -64,6 +64,8 @@ class Recipe:
     act_estimator: ``minmax``, ``percentile``, ``mse``, ``entropy`` (on the data, pyquant.calib) or
     ``bn`` (mean +- act_n_std std from the BN statistics, DFQ; tensors without BN moments fall back
     to min-max on Gaussian noise). first_last_bits: bits of the first/last layer (None = as the rest).
+    input_bits: bits of the network-input quantizer (None = as the other activations; 8 = the 8-bit pixels a
+    deployed model receives, the closest int8 equivalent of the papers' unquantized input).
     mixed_precision_bits: average weight bits for ZeroQ's Pareto allocation (None = uniform).
     select_among: names of other recipes to build on the same data beside this one; the candidate whose
     outputs stay closest to the FP32 network's on held-out synthetic samples is returned
@@ -96,6 +98,7 @@ class Recipe:
     act_estimator_kwargs: dict = field(default_factory=dict)
     act_n_std: float = 6.0
     first_last_bits: Optional[int] = None
+    input_bits: Optional[int] = None
     mixed_precision_bits: Optional[float] = None
     select_among: Tuple[str, ...] = ()
     select_holdout: int = 32
@@ -120,6 +123,8 @@ class Recipe:
                              f"estimators need data (set data= 'zeroq', 'dsg' or 'aac', or act_estimator='bn')")
         if self.first_last_bits is not None:
             _check_bits("first_last_bits", self.first_last_bits)
+        if self.input_bits is not None:
+            _check_bits("input_bits", self.input_bits)
         if self.input_calibration != "data" and self.act_estimator == "bn":
             raise ValueError(f"Recipe.input_calibration={self.input_calibration!r} needs a data-based act_estimator; "
                              f"with act_estimator='bn' every range, the input's too, comes from the BN statistics")
@@ -370,7 +375,8 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
     aspec = QuantSpec(bits=a_bits, signed=False, symmetric=recipe.act_estimator != "minmax", axis=None,
                       estimator=recipe.act_estimator if recipe.act_estimator != "bn" else "minmax",
                       estimator_kwargs=dict(recipe.act_estimator_kwargs))
-    qm = qgraph.prepare(folded, wspec, aspec, first_last_bits=recipe.first_last_bits, layer_bits=layer_bits)
+    qm = qgraph.prepare(folded, wspec, aspec, first_last_bits=recipe.first_last_bits, layer_bits=layer_bits,
+                           input_bits=recipe.input_bits)
     with step(steps[[i for i, n in enumerate(steps) if n.startswith("quantize_weights")][0]]):
         qgraph.quantize_weights(qm)
         if recipe.weight_rounding == "squant":
@@ -435,8 +441,7 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
     with step("report"):
         if probe is None:
             probe = torch.randn((64,) + shape, generator=torch.Generator().manual_seed(seed)).to(device)
-        convention = (f"first/last layer at {recipe.first_last_bits} bit" if recipe.first_last_bits is not None
-                      else "all layers quantized")
+        convention = convention_of(recipe)
         report = build_report(qm, fp_ref, probe[:256], recipe=recipe.name, w_bits=w_bits, a_bits=a_bits,
                               convention=convention)
         report.steps = step.log
@@ -451,7 +456,16 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
 
 # Settings that describe the quantization convention rather than a pipeline: a selecting recipe passes
 # them on to its alternatives, so every candidate is judged at the same bit-widths.
-CONVENTION_SETTINGS = ("first_last_bits", "mixed_precision_bits")
+CONVENTION_SETTINGS = ("first_last_bits", "input_bits", "mixed_precision_bits")
+
+
+def convention_of(recipe: Recipe) -> str:
+    """The quantization convention in words, as reports print it."""
+    words = [f"first/last layer at {recipe.first_last_bits} bit" if recipe.first_last_bits is not None
+             else "all layers quantized"]
+    if recipe.input_bits is not None:
+        words.append(f"network input at {recipe.input_bits} bit")
+    return ", ".join(words)
 
 
 def _quantize_selecting(model, recipe: Recipe, *, w_bits, a_bits, shape, seed, progress, data, holdout):

@@ -187,6 +187,16 @@ def test_quantize_digits_writes_models_manifest_report_and_eval_agrees(tmp_path,
     assert "| `conv1` | QuantConv2d | 4 | 4 |" in report and "## Wall time per step" in report
 
 
+def test_quantize_input_bits_reaches_the_recipe_and_the_network_input(tmp_path, capsys):
+    out = tmp_path / "q"
+    rc, _, _ = run_cli(capsys, "quantize", "digits-cnn", "--recipe", "dfq", "--w-bits", "4", "--a-bits", "4",
+                       "--input-bits", "8", "--out", str(out), "--quiet")
+    assert rc == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["recipe"]["input_bits"] == 8
+    assert "network input at 8 bit" in (out / "report.md").read_text()
+
+
 def test_quantize_own_model_from_function_and_checkpoint(tmp_path, capsys, monkeypatch):
     (tmp_path / "zoo.py").write_text(
         "import torch\n"

@@ -127,6 +127,19 @@ def test_convert_low_bits_faithful(w_bits, a_bits):
         assert int(c.min()) >= qz.qmin + off and int(c.max()) <= qz.qmax + off, name
 
 
+def test_convert_input_at_8_bits_rest_at_4_faithful():
+    fq = _quantize(_randomize_bn(SmallNet()), w_bits=4, a_bits=4, input_bits=8)
+    q = int8.convert(fq)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    _check_faithful(fq, q, x, min_equal=0.97, min_equal_e2e=0.9)
+    first = next(m for m in q.modules() if isinstance(m, int8.Conv2d))
+    codes = int8.int8_codes(q, x)
+    aqs = pyquant.quant.graph.act_quantizers(fq)
+    wide = [n for n, qz in aqs.items() if qz.bits == 8]
+    assert len(wide) == 1 and codes[wide[0]].unique().numel() > 16  # the input really on 256 levels
+    assert first.w_q.abs().max() <= 8  # the first layer's weights stay at 4 bit
+
+
 def test_convert_mobilenet_v2_depthwise():
     fq = _quantize(mobilenet_v2_cifar(randomize_bn=True, seed=3))
     q = int8.convert(fq)

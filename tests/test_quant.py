@@ -133,6 +133,21 @@ def test_first_last_bits():
     assert aqs[layers["layer1.0.conv2"].input_quantizer_name].bits == 4
 
 
+def test_input_bits():
+    folded, _ = fold_bn(resnet8())
+    q = prepare(folded, QuantSpec(bits=4, axis=0), QuantSpec(bits=4, signed=False), input_bits=8)
+    layers = quant_layers(q)
+    aqs = act_quantizers(q)
+    assert aqs[layers["conv1"].input_quantizer_name].bits == 8  # the network input only
+    assert all(layers[n].weight_quantizer.bits == 4 for n in ("conv1", "linear"))
+    assert aqs[layers["linear"].input_quantizer_name].bits == 4
+    assert aqs[layers["layer1.0.conv2"].input_quantizer_name].bits == 4
+    both = prepare(folded, QuantSpec(bits=4, axis=0), QuantSpec(bits=4, signed=False), first_last_bits=6,
+                   input_bits=8)  # input_bits wins over first_last_bits at the input, not at the last layer
+    assert act_quantizers(both)[quant_layers(both)["conv1"].input_quantizer_name].bits == 8
+    assert act_quantizers(both)[quant_layers(both)["linear"].input_quantizer_name].bits == 6
+
+
 def test_quant_modules_compute_with_quantized_weight():
     conv = nn.Conv2d(4, 6, 3, padding=1, groups=2)
     qc = QuantConv2d(conv, QuantSpec(bits=4))

@@ -150,6 +150,18 @@ def test_first_last_bits_override_and_report_convention():
     assert q.quant_report.convention == "first/last layer at 8 bit"
 
 
+def test_input_bits_override_and_report_convention():
+    x = torch.randn(4, 3, 16, 16)
+    q = pyquant.quantize(resnet8(), "zeroq", w_bits=4, a_bits=4, input_shape=(3, 16, 16), input_bits=8,
+                         progress=False, **FAST)
+    aq = q.get_submodule(q.conv1.input_quantizer_name)
+    assert aq.bits == 8 and aq.qmax - aq.qmin == 255
+    assert torch.unique(aq(x)).numel() > 16  # really an 8-bit grid, not 4 levels relabelled
+    assert q.quant_report.convention == "all layers quantized, network input at 8 bit"
+    with pytest.raises(ValueError, match="input_bits"):
+        pyquant.quantize(resnet8(), "zeroq", input_shape=(3, 16, 16), input_bits=1, progress=False, **FAST)
+
+
 def test_bad_input():
     model = resnet8()
     for bad in (1, 9):

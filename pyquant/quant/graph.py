@@ -17,7 +17,9 @@ Placement policy (explicit; everything the int8 engine runs as int8, no float is
    classifier's features (ZeroQ data give pooled features a third of the real range).
 
 Optionally the first and the last weight layer (and the activation quantizers feeding them) use
-``first_last_bits`` instead (the convention of most papers); every reported number says which.
+``first_last_bits`` instead (the convention of most papers), and the network input uses ``input_bits``
+(images arrive as 8-bit pixels, and the data-free papers on CIFAR leave the input unquantized while
+quantizing every weight layer); every reported number says which.
 Each activation quantizer is a :class:`FakeQuantizer` submodule named ``aq_<node>`` inserted as its
 own node right after the tensor it quantizes; ``model.act_quantizer_sites`` maps each of them to
 the node it quantizes, and each QuantConv2d/QuantLinear has ``input_quantizer_name``.
@@ -277,11 +279,13 @@ def _input_quantizer_of(gm, node: fx.Node) -> Optional[str]:
 
 
 def prepare(model: nn.Module, weight_spec: QuantSpec, act_spec: Optional[QuantSpec],
-            first_last_bits: Optional[int] = None, layer_bits: Optional[Dict[str, int]] = None) -> fx.GraphModule:
+            first_last_bits: Optional[int] = None, layer_bits: Optional[Dict[str, int]] = None,
+            input_bits: Optional[int] = None) -> fx.GraphModule:
     """A copy of ``model`` (best already BN-folded) with QuantConv2d / QuantLinear in place of
     Conv2d / Linear and activation quantizers inserted by the placement policy. Quantizers start
     disabled (no qparams yet): call :func:`quantize_weights` and :func:`calibrate_activations`.
-    ``layer_bits`` overrides the weight bits per layer name (mixed precision)."""
+    ``layer_bits`` overrides the weight bits per layer name (mixed precision); ``input_bits`` the bits of the
+    network-input quantizers (over ``first_last_bits``)."""
     gm = copy.deepcopy(trace(copy.deepcopy(model) if not isinstance(model, fx.GraphModule) else model))
     check_supported(gm)
     layers = weight_layer_nodes(gm)
@@ -308,6 +312,8 @@ def prepare(model: nn.Module, weight_spec: QuantSpec, act_spec: Optional[QuantSp
         pooled_sources = {n: _pooled_source(gm, n, site_nodes) for n in site_nodes}  # before the graph changes
         for node, unsigned in sites:
             bits = first_last_bits if node in edge_inputs else act_spec.bits
+            if input_bits is not None and node.op == "placeholder":
+                bits = input_bits
             pooled = pooled_sources[node]
             unsigned = unsigned or (pooled is not None and dict(sites)[pooled])
             spec = act_spec.replace(bits=bits, signed=not unsigned, symmetric=act_spec.symmetric and unsigned,
