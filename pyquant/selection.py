@@ -131,7 +131,8 @@ class Selection:
     candidates: List[dict] = field(default_factory=list)
 
     def __str__(self) -> str:
-        lines = [f"selected {self.chosen!r} by {self.signal} on {self.holdout_samples} held-out synthetic samples"]
+        on = ("" if "N(0,1)" in self.signal else f" on {self.holdout_samples} held-out synthetic samples")
+        lines = [f"selected {self.chosen!r} by {self.signal}{on}"]
         for c in self.candidates:
             mark = "*" if c["recipe"] == self.chosen else " "
             lines.append(f" {mark} {c['recipe']:<16} {c['divergence']:.5g}  ({c['seconds']:.1f} s)")
@@ -141,6 +142,7 @@ class Selection:
 SIGNALS = {
     "kl": "KL(FP32 || quantized) of the outputs",
     "bn_mismatch": "BN-statistic mismatch of the quantized network",
+    "noise_kl": "KL(FP32 || quantized) of the outputs on 64 N(0,1) inputs",
 }
 
 
@@ -150,6 +152,8 @@ def divergence(signal: str, fp_model: nn.Module, q_model: nn.Module, x: Tensor) 
         return output_divergence(fp_model, q_model, x)
     if signal == "bn_mismatch":
         return bn_mismatch(q_model, x)
+    if signal == "noise_kl":  # the held-out samples give only the input shape and device: no synthetic image is used
+        return noise_divergence(fp_model, q_model, tuple(x.shape[1:]), seed=0)
     raise ValueError(f"signal must be one of {sorted(SIGNALS)}, got {signal!r}")
 
 

@@ -210,6 +210,60 @@ def test_abn_max_pull_bounds_the_move_towards_bn_statistics(bn_weight):
         pyquant.Recipe(abn_max_pull=-0.1)
 
 
+def test_data_misfit_is_the_median_layer_log_std_ratio_in_float64():
+    from pyquant.dfq.abn import data_misfit
+
+    model = bn_stats_from_data(resnet8(), 1.7 * torch.randn(256, 3, 16, 16) + 0.3)
+    x = torch.randn(48, 3, 16, 16)
+    inputs = {}
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    handles = [m.register_forward_pre_hook(lambda mod, a: inputs.__setitem__(mod, a[0].double())) for m in bns]
+    with torch.no_grad():
+        model(x)
+    for h in handles:
+        h.remove()
+    per_layer = []
+    for m in bns:  # per channel: |log(population std of the input / sqrt(running_var + eps))|, mean over channels
+        v = inputs[m]
+        terms = [abs(math.log(v[:, c].flatten().std(unbiased=False).item()
+                              / math.sqrt(m.running_var[c].item() + m.eps))) for c in range(v.shape[1])]
+        per_layer.append(sum(terms) / len(terms))
+    per_layer.sort()
+    n = len(per_layer)
+    want = per_layer[n // 2] if n % 2 else 0.5 * (per_layer[n // 2 - 1] + per_layer[n // 2])
+    assert data_misfit(model, x, batch_size=10) == pytest.approx(want, rel=1e-6)  # batched: same statistics
+    assert not model.training
+    # the data the statistics were taken on fit them (up to BN's unbiased running variance); other data do not
+    fit = bn_stats_from_data(resnet8(), x)
+    assert data_misfit(fit, x) < 0.02 < 0.2 < data_misfit(fit, 3 * x)
+    with pytest.raises(ValueError, match="BatchNorm"):
+        data_misfit(nn.Sequential(nn.Conv2d(3, 4, 3)), x)
+    with pytest.raises(ValueError, match="at least 2"):
+        data_misfit(model, x[:1])
+
+
+def test_abn_gate_skips_abn_on_data_that_do_not_fit_and_says_so():
+    model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
+    data = 2.5 * torch.randn(24, 3, 16, 16)  # far from the statistics' data: misfit about log 2.5 in early layers
+    kw = dict(w_bits=4, a_bits=4, input_shape=(3, 16, 16), data=data, progress=False)
+    base = pyquant.RECIPES["best"].replace(select_among=(), reconstruct=None)
+    closed = pyquant.quantize(model, base.replace(abn_max_data_misfit=0.05), **kw)
+    gate = closed.quant_report.abn_gate
+    assert not gate.ran and gate.misfit > 0.05 and not closed.recipe.abn
+    assert "ABN skipped" in str(gate) and "abn_gate" in [s["step"] for s in closed.quant_report.steps]
+    plain = pyquant.quantize(model, base.replace(abn=False), **kw)  # skipped = never asked for
+    x = torch.randn(8, 3, 16, 16)
+    torch.testing.assert_close(closed(x), plain(x), rtol=0, atol=0)
+    opened = pyquant.quantize(model, base.replace(abn_max_data_misfit=10.0), **kw)
+    assert opened.quant_report.abn_gate.ran and opened.recipe.abn
+    ungated = pyquant.quantize(model, base.replace(abn_max_data_misfit=None), **kw)
+    torch.testing.assert_close(opened(x), ungated(x), rtol=0, atol=0)
+    assert ungated.quant_report.abn_gate is None
+    for bad in (0.0, -1.0, float("nan"), True):
+        with pytest.raises(ValueError, match="abn_max_data_misfit"):
+            pyquant.Recipe(abn_max_data_misfit=bad)
+
+
 def test_abn_bn_weight_one_is_the_paper_and_bad_weights_raise():
     model = resnet8()
     folded, stats = fold_bn(model)

@@ -123,6 +123,33 @@ def test_best_selects_by_bn_mismatch_and_skips_candidates_that_build_the_same_mo
     assert "BN-statistic" in q4.quant_report.selection.signal
 
 
+def test_abn_gate_in_a_selecting_recipe_switches_the_signal_and_drops_the_duplicate_candidate(tmp_path):
+    from pyquant.quant.report import write_report
+    from pyquant.selection import divergence, noise_divergence
+
+    model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
+    data = 2.5 * torch.randn(40, 3, 16, 16)  # misfit well above 0.05
+    kw = dict(w_bits=4, a_bits=4, input_shape=(3, 16, 16), data=data[:32], holdout=data[32:], progress=False)
+    recipe = pyquant.RECIPES["best"].replace(reconstruct=None, abn_max_data_misfit=0.05, misfit_select_signal="noise_kl")
+    q = pyquant.quantize(model, recipe, **kw)
+    sel = q.quant_report.selection
+    assert not q.quant_report.abn_gate.ran
+    assert "N(0,1)" in sel.signal and "held-out" not in str(sel)
+    # without ABN best's own pipeline is lp_squant: built once
+    assert [c["recipe"] for c in sel.candidates] == ["best", "zeroq", "dfq", "squant"]
+    assert sel.chosen == min(sel.candidates, key=lambda c: c["divergence"])["recipe"]
+    fp = model.eval()
+    assert divergence("noise_kl", fp, q, data[32:]) == noise_divergence(fp, q, (3, 16, 16), seed=0)
+    write_report(q.quant_report, str(tmp_path))
+    md = (tmp_path / "report.md").read_text()
+    assert "ABN skipped" in md and f"selected {sel.chosen!r} by KL" in md
+    # where the data fit, nothing changes: ABN runs and the usual signal judges
+    q_fit = pyquant.quantize(model, recipe.replace(abn_max_data_misfit=10.0), **kw)
+    assert q_fit.quant_report.abn_gate.ran and "BN-statistic" in q_fit.quant_report.selection.signal
+    with pytest.raises(ValueError, match="misfit_select_signal"):
+        pyquant.Recipe(misfit_select_signal="vibes")
+
+
 def test_selection_settings_are_validated():
     with pytest.raises(TypeError, match="select_among"):
         pyquant.Recipe(select_among="dfq")

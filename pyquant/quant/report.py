@@ -53,6 +53,7 @@ class QuantReport:
     selection: Optional[object] = None  # pyquant.selection.Selection when the recipe chose among candidates
     # pyquant.selection.ReconstructionCheck when the recipe's reconstruction was checked (kept or discarded)
     reconstruction: Optional[object] = None
+    abn_gate: Optional[object] = None  # pyquant.dfq.abn.AbnGate when the recipe gated ABN on the data's fit
     # when mixed precision ran: {"avg_bits", "budget_bits", "sensitivity": {layer: {bits: Omega}},
     # "sizes": {layer: weight count}} (pyquant.recipes._mixed_precision)
     mixed_precision: Optional[dict] = None
@@ -246,7 +247,7 @@ def write_report(report: QuantReport, directory: str, *, accuracy: Optional[Mapp
     md = [f"# {title}", "", f"Recipe `{report.recipe}`, weights {report.w_bits} bit, activations {report.a_bits} bit "
           f"({report.convention}).", ""]
     md += [f"- {n}" for n in notes or []] + ([""] if notes else [])
-    decisions = [str(d) for d in (report.selection, report.reconstruction) if d is not None]
+    decisions = [str(d) for d in (report.abn_gate, report.selection, report.reconstruction) if d is not None]
     if decisions:  # what a per-model choice picked, and on what evidence
         md += ["## Per-model choices", "", "```text", *decisions, "```", ""]
     if accuracy:
