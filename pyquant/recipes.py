@@ -397,7 +397,7 @@ def quantize(model: nn.Module, recipe="zeroq", *, w_bits: int = 8, a_bits: int =
                       estimator=recipe.act_estimator if recipe.act_estimator != "bn" else "minmax",
                       estimator_kwargs=dict(recipe.act_estimator_kwargs))
     qm = qgraph.prepare(folded, wspec, aspec, first_last_bits=recipe.first_last_bits, layer_bits=layer_bits,
-                           input_bits=recipe.input_bits)
+                        input_bits=recipe.input_bits)
     with step(steps[[i for i, n in enumerate(steps) if n.startswith("quantize_weights")][0]]):
         qgraph.quantize_weights(qm)
         if recipe.weight_rounding == "squant":
