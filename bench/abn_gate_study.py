@@ -34,7 +34,7 @@ from selection_study import cached_data, load_model  # noqa: E402
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["resnet20", "resnet32", "resnet44", "mobilenet_v2_proxy"])
+    p.add_argument("--models", nargs="*", default=["resnet20", "resnet32", "resnet44", "mobilenet_v2_proxy"])
     p.add_argument("--configs", nargs="+", default=["W6A6", "W4A8", "W4A4"], choices=list(CONFIGS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--max-misfit", type=float, default=0.1)
