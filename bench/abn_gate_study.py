@@ -68,7 +68,8 @@ def main(argv=None):
             misfit = data_misfit(model, data)
             results["misfit"][f"{name}|seed{seed}"] = misfit
             save_json(args.out, results)
-            print(f"{name} seed {seed}: misfit {misfit:.4f} ({'gate closed' if misfit > args.max_misfit else 'ABN runs'})")
+            verdict = "gate closed" if misfit > args.max_misfit else "ABN runs"
+            print(f"{name} seed {seed}: misfit {misfit:.4f} ({verdict})")
             if misfit <= args.max_misfit:
                 continue
             for config in args.configs:

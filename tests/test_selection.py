@@ -130,7 +130,8 @@ def test_abn_gate_in_a_selecting_recipe_switches_the_signal_and_drops_the_duplic
     model = bn_stats_from_data(resnet8(), torch.randn(256, 3, 16, 16))
     data = 2.5 * torch.randn(40, 3, 16, 16)  # misfit well above 0.05
     kw = dict(w_bits=4, a_bits=4, input_shape=(3, 16, 16), data=data[:32], holdout=data[32:], progress=False)
-    recipe = pyquant.RECIPES["best"].replace(reconstruct=None, abn_max_data_misfit=0.05, misfit_select_signal="noise_kl")
+    recipe = pyquant.RECIPES["best"].replace(reconstruct=None, abn_max_data_misfit=0.05,
+                                             misfit_select_signal="noise_kl")
     q = pyquant.quantize(model, recipe, **kw)
     sel = q.quant_report.selection
     assert not q.quant_report.abn_gate.ran
