@@ -50,7 +50,7 @@ def discrepancy(moments, st) -> tuple:
 
 def variant_overrides(variant: str, real_moments) -> tuple:
     """(quantize overrides, patch of abn.blended_targets or None) of a variant name."""
-    base = {"select_among": (), "reconstruct": None}
+    base = {"select_among": (), "reconstruct": None, "abn_max_data_misfit": None}  # ABN always: what is studied
     if variant == "none":
         return dict(base, abn=False), None
     if variant.startswith("w"):

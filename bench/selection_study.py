@@ -31,9 +31,12 @@ from quantize_table import CHECKPOINTS, CONFIGS, save_json  # noqa: E402
 
 # name -> (recipe, overrides); best's own candidates as its selection judges them: calibrated, not reconstructed
 CANDIDATES = {
-    "lp_squant_abn": ("best", {"select_among": (), "reconstruct": None, "abn_max_pull": None}),
+    # ABN always (best's gate on the data's fit off: the candidate is what the gate decides about)
+    "lp_squant_abn": ("best", {"select_among": (), "reconstruct": None, "abn_max_pull": None,
+                               "abn_max_data_misfit": None}),
     # the same with ABN's pull towards the trained statistics bounded per channel (pyquant.dfq.abn, max_pull)
-    "lp_squant_abn_pull": ("best", {"select_among": (), "reconstruct": None, "abn_max_pull": 0.1}),
+    "lp_squant_abn_pull": ("best", {"select_among": (), "reconstruct": None, "abn_max_pull": 0.1,
+                                    "abn_max_data_misfit": None}),
     "lp_squant": ("best", {"select_among": (), "abn": False, "reconstruct": None}),
     "zeroq": ("zeroq", {}),
     "dfq": ("dfq", {}),
