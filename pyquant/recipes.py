@@ -229,7 +229,7 @@ RECIPES: Dict[str, Recipe] = {
     # statistics describe. Where the FP32 network on the data sits far from them (median layer |log std ratio|
     # above 0.1: 0.055-0.070 on the CIFAR ResNets, 0.145 on the MobileNetV2 proxy), ABN is skipped and the
     # candidates are judged on Gaussian noise instead (proxy W6A6 / W4A8 / W4A4: 48.0 / 47.0 / 36.6 % -> 53.7 /
-    # 52.7 / 49.3 % on seed 0, the best candidate in each cell of seeds 0-1; docs/transfer.md). On the ResNets
+    # 52.7 / 49.3 % on seed 0, the best candidate in each cell of seeds 0-2; docs/transfer.md). On the ResNets
     # nothing changes.
     "best": Recipe(name="best", data="zeroq", weight_estimator="mse", weight_p=2.4, weight_rounding="squant",
                    act_estimator="mse", abn=True, abn_after_activations=True, abn_below_bits=8, abn_bn_weight=0.5,
