@@ -227,7 +227,7 @@ RECIPES: Dict[str, Recipe] = {
     # 0.87-1.11, all losing, W3A3 by 8 pt).
     # ABN and the BN-statistic signal both trust the synthetic data to be a sample of what the trained BN
     # statistics describe. Where the FP32 network on the data sits far from them (median layer |log std ratio|
-    # above 0.1: 0.055-0.070 on the CIFAR ResNets, 0.145 on the MobileNetV2 proxy), ABN is skipped and the
+    # above 0.1: 0.055-0.073 on the CIFAR ResNets, 0.145 on the MobileNetV2 proxy), ABN is skipped and the
     # candidates are judged on Gaussian noise instead (proxy W6A6 / W4A8 / W4A4: 48.0 / 47.0 / 36.6 % -> 53.7 /
     # 52.7 / 49.3 % on seed 0, the best candidate in each cell of seeds 0-2; docs/transfer.md). On the ResNets
     # nothing changes.

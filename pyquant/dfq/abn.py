@@ -30,7 +30,7 @@ When to run it at all (:func:`data_misfit`, :class:`AbnGate`). ABN re-estimates 
 so it can only be as right as those data are representative of what the trained statistics describe. Where the
 FP32 network itself, run on the data, sits far from its own trained statistics, the data are not such a sample,
 and any target built on them moves the network somewhere untested: the median over BN layers of the mean
-|log(std on the data / trained std)| is 0.055-0.070 on the CIFAR ResNets (ABN worth up to 13 pt) and 0.145 on the
+|log(std on the data / trained std)| is 0.055-0.073 on the CIFAR ResNets (ABN worth up to 13 pt) and 0.145 on the
 MobileNetV2 proxy, where ABN loses at every target (docs/transfer.md, "Gating ABN on the data's fit").
 """
 
