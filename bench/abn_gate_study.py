@@ -14,7 +14,6 @@ Resumable: every result is saved to --out (default bench/results/abn_gate_study.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -26,10 +25,10 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pyquant  # noqa: E402
-from pyquant.data import evaluate_top1, find_shared_data  # noqa: E402
+from pyquant.data import evaluate_top1  # noqa: E402
 from pyquant.dfq.abn import data_misfit  # noqa: E402
 from quantize_table import CONFIGS, save_json  # noqa: E402
-from selection_study import cached_data, load_model  # noqa: E402
+from selection_study import cached_data, load_model, start_study  # noqa: E402
 
 
 def main(argv=None):
@@ -45,11 +44,7 @@ def main(argv=None):
                         "(<model>_zeroq_s<seed>_n160_it200.pt, first 128 samples): the reported networks' runs")
     p.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "pyquant", "selection"))
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    data_dir = find_shared_data()
-    if data_dir is None:
-        sys.exit("shared data folder not found (set PYQUANT_DATA)")
-    results = json.load(open(args.out)) if os.path.isfile(args.out) else {"misfit": {}, "runs": {}, "fp32": {}}
+    data_dir, results = start_study(args.out, {"misfit": {}, "runs": {}, "fp32": {}})
     if args.table_cache:
         for f in sorted(os.listdir(args.table_cache)):
             m = re.fullmatch(r"(resnet\d+)_zeroq_s(\d+)_n160_it200\.pt", f)

@@ -22,9 +22,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pyquant  # noqa: E402
-from pyquant.data import evaluate_top1, find_shared_data  # noqa: E402
+from pyquant.data import evaluate_top1  # noqa: E402
 from quantize_table import CONFIGS, save_json  # noqa: E402
-from selection_study import load_model  # noqa: E402
+from selection_study import load_model, start_study  # noqa: E402
 
 
 def zeroq_data(model, name, seed, lr, n, holdout, iterations, cache_dir):
@@ -48,12 +48,7 @@ def main(argv=None):
     p.add_argument("--out", default="bench/results/distill_lr_study.json")
     p.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "pyquant", "selection"))
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    data_dir = find_shared_data()
-    if data_dir is None:
-        sys.exit("shared data folder not found (set PYQUANT_DATA)")
-    import json
-    results = json.load(open(args.out)) if os.path.isfile(args.out) else {"runs": {}}
+    data_dir, results = start_study(args.out, {"runs": {}})
     for name in args.models:
         model, images, labels = load_model(name, data_dir)
         model.eval()

@@ -20,7 +20,6 @@ Resumable: every run is saved to --out (default bench/results/input_bits_study.j
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -31,11 +30,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import pyquant  # noqa: E402
-from pyquant.data import evaluate_top1, find_shared_data  # noqa: E402
+from pyquant.data import evaluate_top1  # noqa: E402
 from pyquant.quant import graph as qgraph  # noqa: E402
 from pyquant.quant.quantizer import FakeQuantizer  # noqa: E402
 from quantize_table import CONFIGS, save_json  # noqa: E402
-from selection_study import cached_data, load_model  # noqa: E402
+from selection_study import cached_data, load_model, start_study  # noqa: E402
 
 
 def overrides(parts) -> dict:
@@ -79,11 +78,7 @@ def main(argv=None):
     p.add_argument("--out", default="bench/results/input_bits_study.json")
     p.add_argument("--cache-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "pyquant", "selection"))
     args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    data_dir = find_shared_data()
-    if data_dir is None:
-        sys.exit("shared data folder not found (set PYQUANT_DATA)")
-    results = json.load(open(args.out)) if os.path.isfile(args.out) else {"runs": {}, "fp32": {}}
+    data_dir, results = start_study(args.out, {"runs": {}, "fp32": {}})
     prepare = qgraph.prepare
     for name in args.models:
         model, images, labels = load_model(name, data_dir)

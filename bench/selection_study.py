@@ -47,6 +47,16 @@ CANDIDATES = {
 SIGNAL_FIELDS = ("divergence", "bn_mismatch", "noise_kl")
 
 
+def start_study(out: str, empty: dict):
+    """The shared start of a development study: one thread, the shared data folder (exits without it) and the
+    results saved so far in ``out`` (``empty`` when there are none). Returns (data_dir, results)."""
+    torch.set_num_threads(1)
+    data_dir = find_shared_data()
+    if data_dir is None:
+        sys.exit("shared data folder not found (set PYQUANT_DATA)")
+    return data_dir, (json.load(open(out)) if os.path.isfile(out) else empty)
+
+
 def load_model(name: str, data_dir: str):
     if name == "mobilenet_v2_proxy":
         from train_proxy import load_proxy, proxy_split
